@@ -1,0 +1,117 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+
+
+class SessionCreate(BaseModel):
+    """Create a session; the id is the server's unless the client brings one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: SessionId | None = None
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionPatch(BaseModel):
+    """Rename a session and/or replace its metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class UsageOut(BaseModel):
+    """Tokens and cost."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal
+
+
+class SessionOut(BaseModel):
+    """A session as the API shows it."""
+
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    status: Literal["idle", "running", "queued"]
+    active_turn_id: str | None
+    usage: UsageOut
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionPage(BaseModel):
+    """One page of sessions, newest first."""
+
+    sessions: list[SessionOut]
+    next_cursor: str | None
+
+
+class UIMessageOut(BaseModel):
+    """An AI SDK `UIMessage`."""
+
+    id: str
+    role: str
+    parts: list[Any]
+    metadata: dict[str, Any]
+
+
+class MessagePage(BaseModel):
+    """Messages oldest first; `has_more` says whether older ones exist (page with `before`)."""
+
+    messages: list[UIMessageOut]
+    has_more: bool
+
+
+class AttemptOut(BaseModel):
+    """One attempt of a turn."""
+
+    number: int
+    context_rung: int
+    error_code: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class TurnOut(BaseModel):
+    """A turn: status, timings, backend, model, context rung, attempts, usage, cost, error."""
+
+    id: str
+    status: str
+    trigger: str
+    user_message_id: str
+    assistant_message_id: str
+    backend: str
+    model: str
+    context_rung: int
+    attempts: int
+    attempt_log: list[AttemptOut]
+    finish_reason: str | None
+    error_code: str | None
+    error_message: str | None
+    started_at: datetime
+    first_token_at: datetime | None
+    finished_at: datetime | None
+    ttft_ms: int | None
+    duration_ms: int | None
+    usage: UsageOut
+
+
+class TurnList(BaseModel):
+    """A session's turns, oldest first."""
+
+    turns: list[TurnOut]

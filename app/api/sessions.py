@@ -1,0 +1,186 @@
+"""The sessions REST API: create, list, get, rename, delete, history and turns."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Query, Response
+
+from app.api.deps import CurrentUser, SessionDep, SettingsDep, StateDep
+from app.api.schemas import (
+    SESSION_ID_PATTERN,
+    AttemptOut,
+    MessagePage,
+    SessionCreate,
+    SessionOut,
+    SessionPage,
+    SessionPatch,
+    TurnList,
+    TurnOut,
+    UIMessageOut,
+    UsageOut,
+)
+from app.config import Settings
+from app.errors import InvalidInput
+from app.store.messages import MessageRepository, as_ui_message
+from app.store.models import ChatSession, Turn, TurnAttempt
+from app.store.sessions import SessionRepository
+from app.store.turns import TurnRepository
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="The session id")]
+
+
+def _usage(row: ChatSession | Turn) -> UsageOut:
+    return UsageOut(
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cache_read_tokens=row.cache_read_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+        cost_usd=row.cost_usd,
+    )
+
+
+def session_out(row: ChatSession) -> SessionOut:
+    """A session row as the API shows it."""
+    return SessionOut(
+        id=row.id,
+        title=row.title,
+        metadata=row.metadata_,
+        status="running" if row.active_turn_id else "idle",
+        active_turn_id=str(row.active_turn_id) if row.active_turn_id else None,
+        usage=_usage(row),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _turn_out(row: Turn, attempts: list[TurnAttempt]) -> TurnOut:
+    return TurnOut(
+        id=str(row.id),
+        status=row.status,
+        trigger=row.trigger,
+        user_message_id=row.user_message_id,
+        assistant_message_id=row.assistant_message_id,
+        backend=row.backend,
+        model=row.model,
+        context_rung=row.context_rung,
+        attempts=row.attempts,
+        attempt_log=[
+            AttemptOut(
+                number=a.number,
+                context_rung=a.context_rung,
+                error_code=a.error_code,
+                started_at=a.started_at,
+                finished_at=a.finished_at,
+            )
+            for a in attempts
+        ],
+        finish_reason=row.finish_reason,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        started_at=row.started_at,
+        first_token_at=row.first_token_at,
+        finished_at=row.finished_at,
+        ttft_ms=row.ttft_ms,
+        duration_ms=row.duration_ms,
+        usage=_usage(row),
+    )
+
+
+def _check_limits(settings: Settings, title: str | None, metadata: dict[str, Any] | None) -> None:
+    limit = settings.server.max_title_chars
+    if title is not None and len(title) > limit:
+        raise InvalidInput(f"title: at most {limit} characters", code="validation_error")
+    if metadata is not None:
+        size = len(orjson.dumps(metadata))
+        cap = settings.server.max_metadata_bytes
+        if size > cap:
+            raise InvalidInput(
+                f"metadata: {size} bytes as JSON, at most {cap} (COPILOT_MAX_METADATA_BYTES)",
+                code="validation_error",
+            )
+
+
+@router.post("", status_code=201, response_model=SessionOut)
+async def create_session(
+    body: SessionCreate, user: CurrentUser, db: SessionDep, settings: SettingsDep
+) -> SessionOut:
+    """Create a session (server uuid unless the client brings an id)."""
+    _check_limits(settings, body.title, body.metadata)
+    row = await SessionRepository(db).create(user.id, body.id, body.title, body.metadata)
+    return session_out(row)
+
+
+@router.get("", response_model=SessionPage)
+async def list_sessions(
+    user: CurrentUser,
+    db: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> SessionPage:
+    """The caller's sessions, newest first; pass `next_cursor` back as `cursor` for more."""
+    rows, next_cursor = await SessionRepository(db).page(user.id, limit, cursor)
+    return SessionPage(sessions=[session_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{session_id}", response_model=SessionOut)
+async def get_session(session_id: SessionIdPath, user: CurrentUser, db: SessionDep) -> SessionOut:
+    """A session with its status, active turn and usage totals."""
+    return session_out(await SessionRepository(db).get(user.id, session_id))
+
+
+@router.patch("/{session_id}", response_model=SessionOut)
+async def patch_session(
+    session_id: SessionIdPath,
+    body: SessionPatch,
+    user: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+) -> SessionOut:
+    """Rename a session and/or replace its metadata."""
+    _check_limits(settings, body.title, body.metadata)
+    row = await SessionRepository(db).update(
+        user.id, session_id, title=body.title, metadata=body.metadata
+    )
+    return session_out(row)
+
+
+@router.delete("/{session_id}", status_code=204, response_class=Response)
+async def delete_session(
+    session_id: SessionIdPath, user: CurrentUser, db: SessionDep, state: StateDep
+) -> Response:
+    """Stop the active turn, delete messages, turns, transcript and workspace."""
+    sessions = SessionRepository(db)
+    row = await sessions.get(user.id, session_id)
+    stopper = state.extras.get("stop_session")
+    if stopper is not None and row.active_turn_id is not None:
+        await stopper(session_id)
+    await sessions.delete(user.id, session_id)
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/messages", response_model=MessagePage)
+async def list_messages(
+    session_id: SessionIdPath,
+    user: CurrentUser,
+    db: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[str | None, Query(max_length=128)] = None,
+) -> MessagePage:
+    """History as AI SDK UIMessages, oldest first; `before` pages back from a message id."""
+    await SessionRepository(db).get(user.id, session_id)
+    rows, more = await MessageRepository(db).page(session_id, limit, before)
+    return MessagePage(messages=[UIMessageOut(**as_ui_message(r)) for r in rows], has_more=more)
+
+
+@router.get("/{session_id}/turns", response_model=TurnList)
+async def list_turns(session_id: SessionIdPath, user: CurrentUser, db: SessionDep) -> TurnList:
+    """The session's turns with status, timings, attempts, usage, cost and error code."""
+    await SessionRepository(db).get(user.id, session_id)
+    turns = TurnRepository(db)
+    rows = await turns.for_session(session_id)
+    attempts = await turns.attempts([r.id for r in rows])
+    return TurnList(turns=[_turn_out(r, attempts.get(r.id, [])) for r in rows])

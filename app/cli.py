@@ -1,0 +1,163 @@
+"""The `copilot` command: serve, migrate, token, fake-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+from app.config import Settings
+from app.observability.logging import setup_logging
+
+log = logging.getLogger("copilot")
+
+
+class Shutdown(Exception):
+    """SIGTERM arrived: unwind so that embedded services stop in order."""
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def provisioned(settings: Settings) -> Iterator[Settings]:
+    """Settings with database and Redis URLs, starting embedded services for the missing ones."""
+    data_dir = settings.server.data_dir
+    database, redis = settings.database, settings.redis
+    with contextlib.ExitStack() as stack:
+        if database.url is None:
+            from app.devtools.embedded_postgres import EmbeddedPostgres
+
+            log.info("DATABASE_URL is not set: starting an embedded PostgreSQL in %s", data_dir)
+            url = stack.enter_context(EmbeddedPostgres(data_dir)).url
+            database = database.model_copy(update={"url": url})
+        if redis.url is None:
+            from app.coord.embedded_redis import EmbeddedRedis
+
+            log.info("REDIS_URL is not set: starting an embedded Redis in %s", data_dir)
+            url = stack.enter_context(EmbeddedRedis(data_dir)).url
+            redis = redis.model_copy(update={"url": url})
+        yield settings.model_copy(update={"database": database, "redis": redis})
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    """Run the HTTP server until SIGTERM or Ctrl-C; embedded services stop with it."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.store.db import migrate
+
+    if (
+        not settings.auth.configured
+        and not _is_loopback(host)
+        and not settings.server.allow_insecure
+    ):
+        log.error(
+            "refusing to listen on %s without authentication: set COPILOT_JWT_SECRET, "
+            "COPILOT_JWT_PUBLIC_KEY or COPILOT_API_KEYS (or COPILOT_ALLOW_INSECURE=1)",
+            host,
+        )
+        return 2
+    with provisioned(settings) as ready:
+        if ready.server.migrate_on_start:
+            assert ready.database.url is not None
+            migrate(ready.database.url)
+        uvicorn.run(
+            create_app(ready),
+            host=host,
+            port=port,
+            log_level=ready.server.log_level.lower(),
+            timeout_graceful_shutdown=int(ready.server.graceful_shutdown_s),
+            lifespan="on",
+            access_log=False,
+        )
+    return 0
+
+
+def run_migrate(settings: Settings) -> int:
+    """Upgrade the database to the newest migration."""
+    from app.store.db import migrate
+
+    with provisioned(settings) as ready:
+        assert ready.database.url is not None
+        migrate(ready.database.url)
+    log.info("database is at the newest migration")
+    return 0
+
+
+def token(settings: Settings, user: str, ttl: int | None) -> int:
+    """Print a JWT for `user` signed with COPILOT_JWT_SECRET."""
+    from app.api.auth import issue_token
+
+    try:
+        print(issue_token(settings.auth, user, ttl))
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def fake_upstream(host: str, port: int) -> int:
+    """Run the fake Anthropic Messages API."""
+    from app.devtools.fake_upstream import serve as serve_fake
+
+    serve_fake(host, port)
+    return 0
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="copilot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the server (embedded services by default)")
+    serve_cmd.add_argument("--host", default=settings.server.host)
+    serve_cmd.add_argument("--port", type=int, default=settings.server.port)
+    commands.add_parser("migrate", help="upgrade the database to the newest migration")
+    token_cmd = commands.add_parser("token", help="print a JWT signed with COPILOT_JWT_SECRET")
+    token_cmd.add_argument("--user", required=True, help="the user id (the token's sub)")
+    token_cmd.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    fake_cmd = commands.add_parser("fake-upstream", help="run the fake Anthropic Messages API")
+    fake_cmd.add_argument("--host", default="127.0.0.1")
+    fake_cmd.add_argument("--port", type=int, default=8090)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `copilot` console script."""
+    settings = Settings()
+    setup_logging(settings.server.log_level)
+    args = _parser(settings).parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    try:
+        if args.command == "serve":
+            code = serve(settings, args.host, args.port)
+        elif args.command == "migrate":
+            code = run_migrate(settings)
+        elif args.command == "token":
+            code = token(settings, args.user, args.ttl)
+        else:
+            code = fake_upstream(args.host, args.port)
+    except (Shutdown, KeyboardInterrupt):
+        code = 0
+    except Exception as exc:
+        from app.devtools.processes import EmbeddedServiceError
+
+        if not isinstance(exc, EmbeddedServiceError):
+            raise
+        log.error("%s", exc)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,48 @@
+"""The one error base class: a stable code, a message a person can act on, and an HTTP status."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """A business error rendered as `{"error": {"code", "message"}}` with its status."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class NotFound(AppError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(AppError):
+    code = "conflict"
+    status = 409
+
+
+class Unauthorized(AppError):
+    code = "unauthorized"
+    status = 401
+
+
+class PayloadTooLarge(AppError):
+    code = "payload_too_large"
+    status = 413
+
+
+class InvalidInput(AppError):
+    code = "invalid_input"
+    status = 422
+
+
+class ServiceUnavailable(AppError):
+    code = "unavailable"
+    status = 503

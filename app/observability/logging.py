@@ -1,0 +1,13 @@
+"""Logging setup: one line per record, level from settings."""
+
+from __future__ import annotations
+
+import logging
+
+
+def setup_logging(level: str) -> None:
+    """Configure the root logger once."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
