@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from app.api.auth import Authenticator
 from app.config import Settings
 from app.coord.redis import Keys, create_redis
 from app.store.db import create_engine, create_session_factory
+from app.turns.services import TurnContext
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class AppState:
     redis: Redis | RedisCluster
     keys: Keys
     auth: Authenticator
+    turns: TurnContext | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,8 +55,60 @@ def lifespan_for(settings: Settings) -> Any:
                 keys=Keys(settings.redis.key_prefix),
                 auth=Authenticator(settings.auth),
             )
+            state.turns = await stack.enter_async_context(_turn_machinery(state))
             app.state.copilot = state
             log.info("copilot-server ready (auth: %s)", "local" if state.auth.local else "on")
             yield
 
     return lifespan
+
+
+@contextlib.asynccontextmanager
+async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
+    """The model client, backend, EventLog writer and turn registry; drained at shutdown."""
+    from app.backends.anthropic_api import AnthropicBackend, create_client
+    from app.backends.builtin_tools import register_builtin_tools
+    from app.backends.tools import ToolRegistry
+    from app.stream.eventlog import EventLogWriter
+    from app.turns.registry import TurnRegistry
+    from app.turns.runner import TurnServices
+    from app.turns.titles import TitleWriter
+
+    settings = state.settings
+    async with contextlib.AsyncExitStack() as stack:
+        base_url = settings.anthropic.base_url
+        if settings.anthropic.simulated:
+            from app.devtools.fake_upstream import fake_upstream_task
+
+            fake = await stack.enter_async_context(fake_upstream_task())
+            base_url = fake.base_url
+            state.extras["fake_upstream"] = fake
+            log.warning(
+                "no ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL: replies are SIMULATED by the "
+                "built-in fake upstream at %s",
+                base_url,
+            )
+        client = create_client(settings.anthropic, base_url)
+        stack.push_async_callback(client.close)
+        tools = ToolRegistry()
+        register_builtin_tools(tools)
+        eventlog = EventLogWriter(
+            state.redis, settings.turns.eventlog_flush_ms / 1000, settings.turns.eventlog_ttl_s
+        )
+        eventlog.start()
+        stack.push_async_callback(eventlog.close)
+        registry = TurnRegistry()
+        services = TurnServices(
+            sessions=state.sessions,
+            settings=settings.turns,
+            eventlog=eventlog,
+            backend=AnthropicBackend(client, tools, settings.turns.max_tool_rounds),
+            on_done=[registry.done],
+        )
+        titles = None
+        if settings.turns.title_generation:
+            titles = TitleWriter(client, settings.anthropic.title_model, state.sessions)
+            stack.push_async_callback(titles.close)
+        replica = settings.server.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)
+        yield TurnContext(services=services, registry=registry, replica_id=replica, titles=titles)

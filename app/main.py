@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from app.api import health, sessions
+from app.api import chat, health, sessions
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit
 from app.config import Settings
@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(sessions.router)
+    api.include_router(chat.router)
     api.include_router(health.router)
     app.include_router(api)
     app.include_router(health.router)

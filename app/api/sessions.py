@@ -154,10 +154,10 @@ async def delete_session(
 ) -> Response:
     """Stop the active turn, delete messages, turns, transcript and workspace."""
     sessions = SessionRepository(db)
-    row = await sessions.get(user.id, session_id)
-    stopper = state.extras.get("stop_session")
-    if stopper is not None and row.active_turn_id is not None:
-        await stopper(session_id)
+    await sessions.get(user.id, session_id)
+    runner = state.turns.registry.for_session(session_id) if state.turns else None
+    if runner is not None and runner.stop("stopped"):
+        await runner.wait_persisted()
     await sessions.delete(user.id, session_id)
     return Response(status_code=204)
 

@@ -120,11 +120,15 @@ class MessageRepository:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Overwrite the parts of a streaming reply: its size is the turn's, not the history's."""
-        values: dict[str, Any] = {"parts": parts, "status": status, "updated_at": func.now()}
+        values: dict[Any, Any] = {
+            ChatMessage.parts: parts,
+            ChatMessage.status: status,
+            ChatMessage.updated_at: func.now(),
+        }
         if metadata is not None:
-            values["metadata"] = metadata
+            values[ChatMessage.metadata_] = metadata
         await self.db.execute(
             update(ChatMessage)
             .where(ChatMessage.session_id == session_id, ChatMessage.message_id == message_id)
-            .values(**values)
+            .values(values)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -42,20 +43,27 @@ class TurnRepository:
         """Set columns of a turn."""
         await self.db.execute(update(Turn).where(Turn.id == turn_id).values(**values))
 
-    async def add_attempt(self, turn_id: uuid.UUID, number: int, context_rung: int) -> None:
-        """Record the start of an attempt."""
-        self.db.add(TurnAttempt(turn_id=turn_id, number=number, context_rung=context_rung))
-        await self.db.flush()
-
-    async def finish_attempt(
-        self, turn_id: uuid.UUID, number: int, error_code: str | None, finished_at: Any
+    async def record_attempt(
+        self,
+        turn_id: uuid.UUID,
+        number: int,
+        context_rung: int,
+        started_at: datetime,
+        finished_at: datetime,
+        error_code: str | None,
     ) -> None:
-        """Record how an attempt ended."""
-        await self.db.execute(
-            update(TurnAttempt)
-            .where(TurnAttempt.turn_id == turn_id, TurnAttempt.number == number)
-            .values(error_code=error_code, finished_at=finished_at)
+        """Record how an attempt went (once, when the turn ends)."""
+        self.db.add(
+            TurnAttempt(
+                turn_id=turn_id,
+                number=number,
+                context_rung=context_rung,
+                started_at=started_at,
+                finished_at=finished_at,
+                error_code=error_code,
+            )
         )
+        await self.db.flush()
 
     async def attempts(self, turn_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[TurnAttempt]]:
         """Attempts of the given turns, grouped by turn."""

@@ -1,0 +1,262 @@
+"""The `anthropic` backend: the Messages API streamed with the `anthropic` SDK, tools run here.
+
+It uses `messages.create(stream=True)` (raw events) rather than the `messages.stream()` helper,
+which costs about twice the CPU per token. Retries are the turn's business, so the client is
+built with `max_retries=0`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import httpx2
+import orjson
+
+from app.backends.anthropic_messages import to_anthropic
+from app.backends.errors import UpstreamError, classify
+from app.backends.events import (
+    AgentEvent,
+    Finished,
+    ReasoningDelta,
+    ReasoningEnd,
+    ReasoningStart,
+    StepEnd,
+    StepStart,
+    TextDelta,
+    TextEnd,
+    TextStart,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStart,
+    ToolResult,
+    TurnRequest,
+    UsageReport,
+)
+from app.backends.tools import ToolError, ToolRegistry
+from app.config import AnthropicSettings
+from app.store.usage import Usage
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def create_client(settings: AnthropicSettings, base_url: str | None = None) -> anthropic.AsyncAnthropic:
+    """An async client honouring ANTHROPIC_BASE_URL, without SDK retries."""
+    key = settings.api_key.get_secret_value() if settings.api_key else "simulated"
+    return anthropic.AsyncAnthropic(
+        api_key=key,
+        base_url=base_url or settings.base_url,
+        max_retries=0,
+        timeout=anthropic.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
+        http_client=anthropic.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=2000, max_keepalive_connections=500),
+        ),
+    )
+
+
+def _with_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cache the conversation prefix: a breakpoint on the last block of the last message."""
+    if not messages:
+        return messages
+    last = dict(messages[-1])
+    content = [dict(block) for block in last["content"]]
+    content[-1]["cache_control"] = EPHEMERAL
+    last["content"] = content
+    return [*messages[:-1], last]
+
+
+class _Block:
+    """A content block being streamed."""
+
+    __slots__ = ("kind", "id", "name", "json", "signature", "text", "thinking")
+
+    def __init__(self, kind: str, block_id: str, name: str = "") -> None:
+        self.kind = kind
+        self.id = block_id
+        self.name = name
+        self.json: list[str] = []
+        self.signature: str | None = None
+        self.text: list[str] = []
+        self.thinking: list[str] = []
+
+
+class AnthropicBackend:
+    """Streams from the Messages API and runs the tool loop client-side."""
+
+    name = "anthropic"
+
+    def __init__(
+        self, client: anthropic.AsyncAnthropic, tools: ToolRegistry, max_tool_rounds: int
+    ) -> None:
+        self.client = client
+        self.tools = tools
+        self.max_tool_rounds = max_tool_rounds
+
+    def _params(self, request: TurnRequest, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": _with_breakpoints(messages),
+            "system": [{"type": "text", "text": request.system_prompt, "cache_control": EPHEMERAL}],
+        }
+        schemas = self.tools.schemas()
+        if schemas:
+            schemas[-1] = {**schemas[-1], "cache_control": EPHEMERAL}
+            params["tools"] = schemas
+        return params
+
+    async def run(self, request: TurnRequest) -> AsyncIterator[AgentEvent]:
+        """Stream one attempt: model calls and tool rounds until the model stops."""
+        messages = to_anthropic(request.history)
+        if not messages or messages[-1]["role"] != "user":
+            raise UpstreamError("invalid_request", "there is no user message to answer")
+        for round_no in range(self.max_tool_rounds + 1):
+            blocks: list[_Block] = []
+            stop_reason: str | None = None
+            async for event in self._call(request, messages, round_no, blocks):
+                if isinstance(event, str):
+                    stop_reason = event
+                else:
+                    yield event
+            if stop_reason != "tool_use":
+                yield StepEnd()
+                if stop_reason == "max_tokens":
+                    yield Finished("length", "max_output_tokens")
+                else:
+                    yield Finished("stop" if stop_reason in ("end_turn", "stop_sequence", None) else "other")
+                return
+            if round_no == self.max_tool_rounds:
+                raise UpstreamError(
+                    "tool_loop_limit", f"stopped after {self.max_tool_rounds} tool rounds"
+                )
+            results: list[dict[str, Any]] = []
+            for block in blocks:
+                if block.kind != "tool_use":
+                    continue
+                result = await self._run_tool(block)
+                yield result
+                content = (
+                    result.output if isinstance(result.output, str)
+                    else orjson.dumps(result.output, default=str).decode()
+                )
+                entry: dict[str, Any] = {"type": "tool_result", "tool_use_id": block.id,
+                                         "content": result.error or content}
+                if result.error:
+                    entry["is_error"] = True
+                results.append(entry)
+            yield StepEnd()
+            messages = [*messages, {"role": "assistant", "content": _assistant_content(blocks)},
+                        {"role": "user", "content": results}]
+
+    async def _run_tool(self, block: _Block) -> ToolResult:
+        tool = self.tools.get(block.name)
+        if tool is None:
+            return ToolResult(block.id, None, f"unknown tool {block.name!r}")
+        try:
+            args = orjson.loads("".join(block.json) or "{}")
+            return ToolResult(block.id, await tool.call(args))
+        except (ToolError, orjson.JSONDecodeError) as exc:
+            return ToolResult(block.id, None, str(exc))
+
+    async def _call(
+        self, request: TurnRequest, messages: list[dict[str, Any]], round_no: int, blocks: list[_Block]
+    ) -> AsyncIterator[AgentEvent | str]:
+        """One model call; yields events, then its stop reason as a plain string."""
+        usage = Usage()
+        stop_reason: str | None = None
+        by_index: dict[int, _Block] = {}
+        prefix = f"{request.turn_id[:8]}-{round_no}"
+        try:
+            stream = await self.client.messages.create(**self._params(request, messages), stream=True)
+            yield StepStart()
+            async with stream:
+                async for event in stream:
+                    kind = event.type
+                    if kind == "content_block_delta":
+                        block = by_index[event.index]
+                        delta = event.delta
+                        if delta.type == "text_delta":
+                            block.text.append(delta.text)
+                            yield TextDelta(block.id, delta.text)
+                        elif delta.type == "input_json_delta":
+                            block.json.append(delta.partial_json)
+                            if delta.partial_json:
+                                yield ToolCallDelta(block.id, delta.partial_json)
+                        elif delta.type == "thinking_delta":
+                            block.thinking.append(delta.thinking)
+                            yield ReasoningDelta(block.id, delta.thinking)
+                        elif delta.type == "signature_delta":
+                            block.signature = delta.signature
+                    elif kind == "content_block_start":
+                        cb = event.content_block
+                        if cb.type == "tool_use":
+                            block = _Block("tool_use", cb.id, cb.name)
+                            yield ToolCallStart(cb.id, cb.name)
+                        elif cb.type == "thinking":
+                            block = _Block("thinking", f"{prefix}-r{event.index}")
+                            yield ReasoningStart(block.id)
+                        elif cb.type == "redacted_thinking":
+                            block = _Block("redacted_thinking", f"{prefix}-x{event.index}")
+                            block.signature = cb.data
+                        else:
+                            block = _Block("text", f"{prefix}-t{event.index}")
+                            yield TextStart(block.id)
+                        by_index[event.index] = block
+                        blocks.append(block)
+                    elif kind == "content_block_stop":
+                        block = by_index[event.index]
+                        if block.kind == "text":
+                            yield TextEnd(block.id)
+                        elif block.kind == "thinking":
+                            yield ReasoningEnd(block.id, block.signature)
+                        elif block.kind == "tool_use":
+                            try:
+                                parsed = orjson.loads("".join(block.json) or "{}")
+                            except orjson.JSONDecodeError:
+                                parsed = {"_raw": "".join(block.json)}
+                            yield ToolCallReady(block.id, block.name, parsed)
+                    elif kind == "message_start":
+                        u = event.message.usage
+                        usage.input_tokens = u.input_tokens or 0
+                        usage.cache_read_tokens = u.cache_read_input_tokens or 0
+                        usage.cache_write_tokens = u.cache_creation_input_tokens or 0
+                        usage.output_tokens = u.output_tokens or 0
+                    elif kind == "message_delta":
+                        stop_reason = event.delta.stop_reason
+                        u2 = event.usage
+                        usage.output_tokens = u2.output_tokens or usage.output_tokens
+                        if getattr(u2, "input_tokens", None):
+                            usage.input_tokens = u2.input_tokens or usage.input_tokens
+                        if getattr(u2, "cache_read_input_tokens", None):
+                            usage.cache_read_tokens = u2.cache_read_input_tokens or 0
+                        if getattr(u2, "cache_creation_input_tokens", None):
+                            usage.cache_write_tokens = u2.cache_creation_input_tokens or 0
+        except Exception as exc:
+            failure: UpstreamError | None = classify(exc)
+        else:
+            failure = None
+        if usage.input_tokens or usage.output_tokens:
+            yield UsageReport(usage, request.model)
+        if failure is not None:
+            raise failure
+        yield stop_reason or "end_turn"
+
+
+def _assistant_content(blocks: list[_Block]) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = []
+    for block in blocks:
+        if block.kind == "thinking":
+            content.append({"type": "thinking", "thinking": "".join(block.thinking),
+                            "signature": block.signature or ""})
+        elif block.kind == "redacted_thinking":
+            content.append({"type": "redacted_thinking", "data": block.signature or ""})
+        elif block.kind == "text" and "".join(block.text):
+            content.append({"type": "text", "text": "".join(block.text)})
+        elif block.kind == "tool_use":
+            try:
+                args = orjson.loads("".join(block.json) or "{}")
+            except orjson.JSONDecodeError:
+                args = {}
+            content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": args})
+    return content

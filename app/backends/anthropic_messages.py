@@ -1,0 +1,119 @@
+"""Stored UIMessages -> Anthropic `messages`, in the strict user/assistant alternation it needs.
+
+A reply made of several steps becomes several assistant messages, each followed by a user
+message carrying its tool results. Reasoning and data parts of earlier turns are left out (the
+API allows dropping earlier thinking); a tool call that never got a result is dropped too, so
+an interrupted turn cannot make the history invalid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+Message = dict[str, Any]
+Block = dict[str, Any]
+
+
+def _tool_name(part: dict[str, Any]) -> str | None:
+    kind = str(part.get("type", ""))
+    if kind == "dynamic-tool":
+        return str(part.get("toolName", "")) or None
+    if kind.startswith("tool-"):
+        return kind[5:]
+    return None
+
+
+def _result_content(output: Any) -> str:
+    return output if isinstance(output, str) else orjson.dumps(output, default=str).decode()
+
+
+def _user_blocks(parts: list[dict[str, Any]]) -> list[Block]:
+    blocks: list[Block] = []
+    for part in parts:
+        if part.get("type") == "text" and str(part.get("text", "")).strip():
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "file":
+            url, media = str(part.get("url", "")), str(part.get("mediaType", ""))
+            if media.startswith("image/") and url.startswith("data:") and ";base64," in url:
+                data = url.split(";base64,", 1)[1]
+                blocks.append(
+                    {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+                )
+            else:
+                name = part.get("filename") or url[:80]
+                blocks.append({"type": "text", "text": f"[attached file: {name} ({media})]"})
+    return blocks
+
+
+def _assistant_messages(parts: list[dict[str, Any]]) -> list[Message]:
+    messages: list[Message] = []
+    content: list[Block] = []
+    results: list[Block] = []
+
+    def close_step() -> None:
+        nonlocal content, results
+        if content:
+            messages.append({"role": "assistant", "content": content})
+            if results:
+                messages.append({"role": "user", "content": results})
+        content, results = [], []
+
+    for part in parts:
+        kind = part.get("type")
+        if kind == "step-start":
+            close_step()
+        elif kind == "text" and str(part.get("text", "")).strip():
+            content.append({"type": "text", "text": part["text"]})
+        elif (name := _tool_name(part)) is not None:
+            state = part.get("state")
+            if state not in ("output-available", "output-error"):
+                continue
+            call_id = str(part.get("toolCallId"))
+            content.append(
+                {"type": "tool_use", "id": call_id, "name": name, "input": part.get("input") or {}}
+            )
+            if state == "output-available":
+                results.append(
+                    {"type": "tool_result", "tool_use_id": call_id,
+                     "content": _result_content(part.get("output"))}
+                )
+            else:
+                results.append(
+                    {"type": "tool_result", "tool_use_id": call_id, "is_error": True,
+                     "content": str(part.get("errorText") or "tool failed")}
+                )
+    close_step()
+    return messages
+
+
+def _merge(messages: list[Message]) -> list[Message]:
+    merged: list[Message] = []
+    for message in messages:
+        if not message["content"]:
+            continue
+        if merged and merged[-1]["role"] == message["role"]:
+            previous = merged[-1]["content"]
+            # tool_result blocks must lead a user message: keep them before any text.
+            if message["role"] == "user" and any(b["type"] == "tool_result" for b in message["content"]):
+                merged[-1]["content"] = [*message["content"], *previous]
+            else:
+                merged[-1]["content"] = [*previous, *message["content"]]
+        else:
+            merged.append({"role": message["role"], "content": list(message["content"])})
+    while merged and merged[0]["role"] != "user":
+        merged.pop(0)
+    return merged
+
+
+def to_anthropic(history: list[dict[str, Any]]) -> list[Message]:
+    """The conversation as Anthropic messages, alternating and starting with the user."""
+    messages: list[Message] = []
+    for ui in history:
+        parts = [p for p in ui.get("parts", []) if isinstance(p, dict)]
+        if ui.get("role") == "user":
+            messages.append({"role": "user", "content": _user_blocks(parts)})
+        elif ui.get("role") == "assistant":
+            messages.extend(_assistant_messages(parts))
+    return _merge(messages)

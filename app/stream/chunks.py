@@ -1,0 +1,44 @@
+"""Builders of AI SDK UI message stream chunks (protocol v1), accepted by `ai` 5, 6 and 7.
+
+Optional fields are left out rather than set to null: the AI SDK's schemas reject null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def start(message_id: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The first chunk: names the assistant message."""
+    chunk: dict[str, Any] = {"type": "start", "messageId": message_id}
+    if metadata:
+        chunk["messageMetadata"] = metadata
+    return chunk
+
+
+def finish(reason: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The last chunk of every turn."""
+    chunk: dict[str, Any] = {"type": "finish", "finishReason": reason}
+    if metadata:
+        chunk["messageMetadata"] = metadata
+    return chunk
+
+
+def data_status(status: str, **data: Any) -> dict[str, Any]:
+    """A transient progress notice (retrying, compacting, queued): never stored."""
+    return {"type": "data-status", "data": {"status": status, **data}, "transient": True}
+
+
+def data_error(
+    code: str, message: str, retryable: bool, retry_after_s: float | None = None
+) -> dict[str, Any]:
+    """A structured error the client can act on; stored with the message."""
+    data: dict[str, Any] = {"code": code, "message": message, "retryable": retryable}
+    if retry_after_s is not None:
+        data["retry_after_s"] = round(retry_after_s, 3)
+    return {"type": "data-error", "id": "error", "data": data}
+
+
+def error(text: str) -> dict[str, Any]:
+    """The protocol's error chunk (the AI SDK surfaces it as the chat's error)."""
+    return {"type": "error", "errorText": text}

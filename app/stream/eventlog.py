@@ -1,0 +1,118 @@
+"""The EventLog: each turn's encoded chunks in a Redis Stream, for consumers on other replicas.
+
+Chunks are appended in batches: one replica-wide writer wakes every flush window and sends one
+pipeline holding an XADD per turn that has new chunks, so Redis work grows with time and the
+number of active turns, never with the number of tokens. The log is a cache with a TTL;
+Postgres is the truth, and a failed append is logged, not fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from app.stream.sse import frame_seq, split_frames
+
+log = logging.getLogger(__name__)
+
+FIELD_DATA = b"d"
+FIELD_END = b"e"
+
+
+@dataclass
+class _Pending:
+    frames: list[bytes] = field(default_factory=list)
+    ended: bool = False
+
+
+class EventLogWriter:
+    """Batches appends of every turn on this replica into one pipeline per flush window."""
+
+    def __init__(self, redis: Redis | RedisCluster, flush_s: float, ttl_s: int) -> None:
+        self.redis = redis
+        self.flush_s = flush_s
+        self.ttl_s = ttl_s
+        self._pending: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+
+    def start(self) -> None:
+        """Start the background flusher."""
+        self._task = asyncio.create_task(self._loop(), name="eventlog-writer")
+
+    def append(self, key: str, frame: bytes) -> None:
+        """Queue an encoded frame for the turn's log."""
+        self._pending.setdefault(key, _Pending()).frames.append(frame)
+        self._wake.set()
+
+    def end(self, key: str) -> None:
+        """Mark the turn's log complete (after its last frame)."""
+        self._pending.setdefault(key, _Pending()).ended = True
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.flush_s)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send everything queued so far."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        pipe = self.redis.pipeline(transaction=False)
+        for key, pending in batch.items():
+            entry: dict[bytes, bytes] = {FIELD_DATA: b"".join(pending.frames)}
+            if pending.ended:
+                entry[FIELD_END] = b"1"
+            pipe.xadd(key, entry)  # type: ignore[arg-type]
+            pipe.expire(key, self.ttl_s)
+        try:
+            await pipe.execute()
+            self._failures = 0
+        except (RedisError, OSError) as exc:
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.warning("EventLog append failed (%d in a row): %s", self._failures, exc)
+
+    async def close(self) -> None:
+        """Flush what is queued and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), 5)
+
+
+async def read_log(
+    redis: Redis | RedisCluster, key: str, after_seq: int, block_ms: int
+) -> AsyncIterator[bytes | None]:
+    """Frames of a turn with sequence > `after_seq`, then live ones; None when nothing came
+    within `block_ms` (a chance to send a heartbeat). Ends after the log's last entry."""
+    last_id = b"0-0"
+    while True:
+        reply = await redis.xread({key: last_id}, count=100, block=block_ms)
+        if not reply:
+            if not await redis.exists(key):
+                return
+            yield None
+            continue
+        for _stream, entries in reply:  # type: ignore[union-attr]
+            for entry_id, fields in entries:
+                last_id = entry_id
+                frames = [f for f in split_frames(fields.get(FIELD_DATA, b""))
+                          if (frame_seq(f) or 0) > after_seq]
+                if frames:
+                    yield b"".join(frames)
+                if FIELD_END in fields:
+                    return

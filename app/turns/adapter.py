@@ -1,0 +1,113 @@
+"""AgentEvent -> UI message chunks, keeping the stream well formed whatever the backend does.
+
+Steps are opened lazily, on their first content, so a failed attempt that showed nothing
+leaves no empty step behind; `close()` ends whatever is open (on errors and stops) so every
+text part is closed before `finish-step` and every step before `finish`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.backends.events import (
+    AgentEvent,
+    Finished,
+    ReasoningDelta,
+    ReasoningEnd,
+    ReasoningStart,
+    StepEnd,
+    StepStart,
+    TextDelta,
+    TextEnd,
+    TextStart,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStart,
+    ToolResult,
+    UsageReport,
+)
+from app.store.usage import Usage
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class ChunkAdapter:
+    """Turns a backend's events into chunks passed to `emit`; tracks what became visible."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.visible = False
+        self.step_open = False
+        self.open_parts: dict[str, str] = {}  # id -> "text" | "reasoning"
+        self.tool_names: dict[str, str] = {}
+        self.usage = Usage()
+        self.finished: Finished | None = None
+
+    def _content(self, chunk: dict[str, Any]) -> None:
+        if not self.step_open:
+            self.step_open = True
+            self.emit({"type": "start-step"})
+        self.emit(chunk)
+
+    def _shown(self, chunk: dict[str, Any]) -> None:
+        self.visible = True
+        self._content(chunk)
+
+    def handle(self, event: AgentEvent) -> None:
+        """Translate one event."""
+        if isinstance(event, TextDelta):
+            if event.id not in self.open_parts:
+                self.handle(TextStart(event.id))
+            self._shown({"type": "text-delta", "id": event.id, "delta": event.delta})
+        elif isinstance(event, ReasoningDelta):
+            if event.id not in self.open_parts:
+                self.handle(ReasoningStart(event.id))
+            self._shown({"type": "reasoning-delta", "id": event.id, "delta": event.delta})
+        elif isinstance(event, TextStart | ReasoningStart):
+            kind = "text" if isinstance(event, TextStart) else "reasoning"
+            self.open_parts[event.id] = kind
+            self._content({"type": f"{kind}-start", "id": event.id})
+        elif isinstance(event, TextEnd | ReasoningEnd):
+            kind = self.open_parts.pop(event.id, None)
+            if kind is None:
+                return
+            chunk: dict[str, Any] = {"type": f"{kind}-end", "id": event.id}
+            if isinstance(event, ReasoningEnd) and event.signature:
+                chunk["providerMetadata"] = {"anthropic": {"signature": event.signature}}
+            self.emit(chunk)
+        elif isinstance(event, ToolCallStart):
+            self.tool_names[event.call_id] = event.name
+            self._shown({"type": "tool-input-start", "toolCallId": event.call_id,
+                         "toolName": event.name})
+        elif isinstance(event, ToolCallDelta):
+            self._shown({"type": "tool-input-delta", "toolCallId": event.call_id,
+                         "inputTextDelta": event.delta})
+        elif isinstance(event, ToolCallReady):
+            self._shown({"type": "tool-input-available", "toolCallId": event.call_id,
+                         "toolName": event.name, "input": event.input})
+        elif isinstance(event, ToolResult):
+            if event.error is not None:
+                self._shown({"type": "tool-output-error", "toolCallId": event.call_id,
+                             "errorText": event.error})
+            else:
+                self._shown({"type": "tool-output-available", "toolCallId": event.call_id,
+                             "output": event.output})
+        elif isinstance(event, StepStart):
+            self.end_step()
+        elif isinstance(event, StepEnd):
+            self.end_step()
+        elif isinstance(event, UsageReport):
+            self.usage.add(event.usage)
+        elif isinstance(event, Finished):
+            self.end_step()
+            self.finished = event
+
+    def end_step(self) -> None:
+        """Close open parts, then the step, if one is open."""
+        for part_id, kind in list(self.open_parts.items()):
+            self.emit({"type": f"{kind}-end", "id": part_id})
+        self.open_parts.clear()
+        if self.step_open:
+            self.step_open = False
+            self.emit({"type": "finish-step"})

@@ -1,0 +1,353 @@
+"""The TurnRunner: the producer of one turn.
+
+It drives the backend, turns events into chunks, keeps every encoded frame in memory for
+consumers on this replica, queues them for the EventLog, flushes the partial reply to Postgres
+every few seconds and writes the final state under a shield, whatever ends the turn: success,
+an upstream error, a stop, or the server shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.backends.errors import UpstreamError, classify
+from app.backends.events import Backend, TurnRequest
+from app.config import TurnSettings
+from app.coord.lock import Lease
+from app.observability import metrics
+from app.stream import chunks
+from app.stream.eventlog import EventLogWriter
+from app.stream.sse import DONE, PING, frame
+from app.store.messages import MessageRepository
+from app.store.sessions import SessionRepository
+from app.store.turns import TurnRepository
+from app.store.usage import Usage
+from app.turns.adapter import ChunkAdapter
+from app.turns.reply import ReplyAssembler
+from app.turns.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Attempt:
+    """One attempt, remembered until the final write."""
+
+    number: int
+    context_rung: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    error_code: str | None = None
+
+
+@dataclass
+class TurnOutcome:
+    """How the turn ended."""
+
+    status: str = "completed"
+    finish_reason: str = "stop"
+    error: UpstreamError | None = None
+    note_code: str | None = None
+
+
+class StopRequested(Exception):
+    """Cancellation message used when a user stops the turn."""
+
+
+@dataclass
+class TurnServices:
+    """What every turn on this replica shares."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    settings: TurnSettings
+    eventlog: EventLogWriter
+    backend: Backend
+    on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
+
+
+class TurnRunner:
+    """Produces one turn; consumers read its frames from any index while it runs."""
+
+    def __init__(
+        self,
+        services: TurnServices,
+        request: TurnRequest,
+        *,
+        assistant_message_id: str,
+        events_key: str,
+        lease: Lease | None,
+    ) -> None:
+        self.services = services
+        self.request = request
+        self.session_id = request.session_id
+        self.turn_id = request.turn_id
+        self.turn_uuid = uuid.UUID(request.turn_id)
+        self.cost = Decimal(0)
+        self.assistant_message_id = assistant_message_id
+        self.events_key = events_key
+        self.lease = lease
+        self.frames: list[bytes] = []
+        self.done = False
+        self._changed = asyncio.Event()
+        self.reply = ReplyAssembler()
+        self.adapter = ChunkAdapter(self._emit)
+        self.outcome = TurnOutcome()
+        self.attempts: list[Attempt] = []
+        self.started = time.monotonic()
+        self.started_at = datetime.now(UTC)
+        self.first_visible_at: datetime | None = None
+        self.stop_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._final_write: asyncio.Task[None] | None = None
+
+    # -- frames, for consumers -------------------------------------------------------------
+
+    def _emit(self, chunk: dict[str, Any]) -> None:
+        if self.first_visible_at is None and self.adapter.visible:
+            self.first_visible_at = datetime.now(UTC)
+        encoded = frame(len(self.frames), chunk)
+        self.frames.append(encoded)
+        if not chunk.get("transient"):
+            self.reply.apply(chunk)
+        self.services.eventlog.append(self.events_key, encoded)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def frames_from(self, index: int, heartbeat_s: float) -> AsyncIterator[bytes]:
+        """Frames from `index` on, then live ones, `: ping` while idle, `[DONE]` at the end."""
+        while True:
+            if index < len(self.frames):
+                batch = self.frames[index:]
+                index += len(batch)
+                yield batch[0] if len(batch) == 1 else b"".join(batch)
+                continue
+            if self.done:
+                yield DONE
+                return
+            changed = self._changed
+            try:
+                async with asyncio.timeout(heartbeat_s):
+                    await changed.wait()
+            except TimeoutError:
+                yield PING
+
+    # -- the producer ----------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Start producing in a task of its own."""
+        self.task = asyncio.create_task(self._run(), name=f"turn-{self.turn_id}")
+        return self.task
+
+    def stop(self, reason: str = "stopped") -> bool:
+        """Ask the turn to stop (user stop, session deletion, shutdown)."""
+        if self.task is None or self.task.done():
+            return False
+        self.stop_reason = reason
+        self.task.cancel(reason)
+        return True
+
+    async def _run(self) -> None:
+        metrics.TURNS_ACTIVE.inc()
+        metrics.TURNS_STARTED.labels(self.services.backend.name).inc()
+        side = [asyncio.create_task(self._flush_partial_loop())]
+        if self.lease is not None:
+            side.append(asyncio.create_task(self._keep_lease()))
+        self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
+        try:
+            await self._attempts()
+        except asyncio.CancelledError:
+            reason = self.stop_reason or "interrupted"
+            self.outcome = TurnOutcome(status="stopped" if reason == "stopped" else "interrupted",
+                                       finish_reason="other")
+            self.adapter.end_step()
+            if reason != "stopped":
+                self._fail(UpstreamError("upstream_unavailable", "the server shut down mid-reply"))
+        except Exception as exc:
+            log.exception("turn %s failed unexpectedly", self.turn_id)
+            self.adapter.end_step()
+            self._fail(UpstreamError("internal", f"{type(exc).__name__}: {exc}"))
+        finally:
+            for task in side:
+                task.cancel()
+            self._finish()
+            self._final_write = asyncio.ensure_future(self._write_final())
+            await asyncio.shield(self._final_write)
+
+    async def _attempts(self) -> None:
+        policy = RetryPolicy.from_settings(self.services.settings)
+        number = 0
+        while True:
+            number += 1
+            attempt = Attempt(number, self.request.context_rung, datetime.now(UTC))
+            self.attempts.append(attempt)
+            try:
+                async for event in self.services.backend.run(self.request):
+                    self.adapter.handle(event)
+                attempt.finished_at = datetime.now(UTC)
+                finished = self.adapter.finished
+                if finished is not None:
+                    self.outcome.finish_reason = finished.reason
+                    self.outcome.note_code = finished.error_code
+                return
+            except Exception as exc:
+                error = classify(exc)
+                attempt.finished_at = datetime.now(UTC)
+                attempt.error_code = error.code
+                self.adapter.end_step()
+                delay = None
+                if error.retryable and not self.adapter.visible:
+                    elapsed = time.monotonic() - self.started
+                    delay = policy.delay(number, elapsed, error.retry_after_s)
+                if delay is None:
+                    self._fail(error)
+                    return
+                metrics.UPSTREAM_RETRIES.labels(error.code).inc()
+                log.info("turn %s: %s, retrying in %.2fs", self.turn_id, error.code, delay)
+                self._emit(chunks.data_status("retrying", attempt=number + 1, code=error.code,
+                                              delay_s=round(delay, 3)))
+                await asyncio.sleep(delay)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.outcome.status = "failed" if self.outcome.status == "completed" else self.outcome.status
+        self.outcome.finish_reason = "error"
+        self.outcome.error = error
+        retry_after = error.retry_after_s if error.retryable else None
+        self._emit(chunks.data_error(error.code, error.public_message, error.retryable, retry_after))
+        self._emit(chunks.error(f"{error.code}: {error.public_message}"))
+
+    def _finish(self) -> None:
+        rate = self.services.settings.rate_for(self.request.model)
+        usage = self.adapter.usage
+        self.cost = usage.cost(rate)
+        metadata = {
+            "turnId": self.turn_id,
+            "model": self.request.model,
+            "usage": usage.as_dict(),
+            "costUsd": float(self.cost),
+        }
+        self._emit(chunks.finish(self.outcome.finish_reason, metadata))
+
+    # -- persistence -----------------------------------------------------------------------
+
+    async def _flush_partial_loop(self) -> None:
+        interval = self.services.settings.flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if not self.reply.dirty:
+                continue
+            try:
+                async with self.services.sessions() as db:
+                    await MessageRepository(db).write_reply(
+                        self.session_id, self.assistant_message_id,
+                        parts=self.reply.parts(), status="streaming",
+                    )
+                    await db.commit()
+            except Exception as exc:  # the final write will try again
+                log.warning("turn %s: partial flush failed: %s", self.turn_id, exc)
+
+    async def _keep_lease(self) -> None:
+        assert self.lease is not None
+        every = self.lease.ttl_ms / 3000
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self.lease.refresh():
+                    log.warning("turn %s lost its session lease", self.turn_id)
+            except Exception as exc:
+                log.warning("turn %s: lease refresh failed: %s", self.turn_id, exc)
+
+    async def _write_final(self) -> None:
+        """Write the reply, the turn row and the session totals in one transaction."""
+        finished_at = datetime.now(UTC)
+        usage: Usage = self.adapter.usage
+        error = self.outcome.error
+        ttft = (
+            int((self.first_visible_at - self.started_at) / timedelta(milliseconds=1))
+            if self.first_visible_at else None
+        )
+        message_status = {"completed": "complete", "failed": "error"}.get(
+            self.outcome.status, self.outcome.status
+        )
+        for delay in (0.0, 0.5, 1.0, 2.0, 4.0):
+            await asyncio.sleep(delay)
+            try:
+                async with self.services.sessions() as db:
+                    await MessageRepository(db).write_reply(
+                        self.session_id, self.assistant_message_id,
+                        parts=self.reply.parts(), status=message_status,
+                        metadata={"turnId": self.turn_id, "model": self.request.model,
+                                  "usage": usage.as_dict(), "costUsd": float(self.cost),
+                                  "finishReason": self.outcome.finish_reason},
+                    )
+                    turns = TurnRepository(db)
+                    await turns.update(
+                        self.turn_uuid,
+                        status=self.outcome.status,
+                        finish_reason=self.outcome.finish_reason,
+                        error_code=error.code if error else self.outcome.note_code,
+                        error_message=error.detail[:2000] if error else None,
+                        attempts=len(self.attempts),
+                        first_token_at=self.first_visible_at,
+                        finished_at=finished_at,
+                        ttft_ms=ttft,
+                        duration_ms=int((finished_at - self.started_at) / timedelta(milliseconds=1)),
+                        input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens,
+                        cache_read_tokens=usage.cache_read_tokens,
+                        cache_write_tokens=usage.cache_write_tokens,
+                        cost_usd=self.cost,
+                    )
+                    for attempt in self.attempts:
+                        await turns.record_attempt(
+                            self.turn_uuid, attempt.number, attempt.context_rung,
+                            attempt.started_at, attempt.finished_at or finished_at,
+                            attempt.error_code,
+                        )
+                    sessions = SessionRepository(db)
+                    await sessions.add_usage(self.session_id, usage, self.cost)
+                    await sessions.set_active_turn(self.session_id, None, expected=self.turn_uuid)
+                    await db.commit()
+                break
+            except Exception as exc:
+                log.warning("turn %s: final write failed (%s); retrying", self.turn_id, exc)
+        else:
+            log.error("turn %s: final write gave up; the reply stays as last flushed", self.turn_id)
+        await self._release()
+
+    async def _release(self) -> None:
+        """Free the session, then end the streams: a client may send its next message at once."""
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+        self.done = True
+        self.services.eventlog.end(self.events_key)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        metrics.TURNS_ACTIVE.dec()
+        metrics.TURNS_FINISHED.labels(
+            self.services.backend.name, self.outcome.status,
+            self.outcome.error.code if self.outcome.error else "",
+        ).inc()
+        if self.first_visible_at is not None:
+            metrics.TTFT_SECONDS.observe((self.first_visible_at - self.started_at).total_seconds())
+        for callback in self.services.on_done:
+            callback(self)
+
+    async def wait_persisted(self) -> None:
+        """Wait until the final write is done."""
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self._final_write is not None:
+            await self._final_write

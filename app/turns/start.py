@@ -1,0 +1,162 @@
+"""Starting a turn: take the session lease, store the user message, create the turn, run it.
+
+Everything that can fail with an HTTP status fails here, before the stream starts; once a
+runner exists, failures travel in the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.backends.events import TurnRequest
+from app.coord.lock import Lease
+from app.errors import Conflict, InvalidInput
+from app.lifespan import AppState
+from app.store.messages import MessageRepository, as_ui_message
+from app.store.models import ChatMessage
+from app.store.sessions import SessionRepository
+from app.store.turns import TurnRepository
+from app.turns.runner import TurnRunner
+from app.turns.services import TurnContext
+
+log = logging.getLogger(__name__)
+
+Trigger = Literal["submit-message", "regenerate-message"]
+
+
+@dataclass(slots=True)
+class TurnOrder:
+    """What the client asked for, already validated."""
+
+    session_id: str
+    user_id: str
+    trigger: Trigger
+    user_message_id: str | None
+    user_parts: list[dict[str, Any]]
+    user_metadata: dict[str, Any]
+    regenerate_message_id: str | None
+    on_conflict: Literal["reject", "enqueue", "interrupt"]
+
+
+async def _take_lease(state: AppState, ctx: TurnContext, order: TurnOrder) -> Lease:
+    lease = Lease(
+        state.redis,
+        state.keys.session_lease(order.session_id),
+        int(state.settings.turns.lease_ttl_s * 1000),
+        owner=ctx.replica_id,
+    )
+    if await lease.acquire():
+        return lease
+    running = ctx.registry.for_session(order.session_id)
+    if order.on_conflict == "interrupt" and running is not None:
+        running.stop("stopped")
+        await running.wait_persisted()
+        if await lease.acquire():
+            return lease
+    raise Conflict(
+        "a turn is already running in this session: resume it with "
+        f"GET /api/v1/chat/{order.session_id}/stream, stop it with POST "
+        f"/api/v1/chat/{order.session_id}/stop, or send on_conflict='interrupt'",
+        code="turn_in_progress",
+    )
+
+
+async def _place_user_message(
+    messages: MessageRepository, order: TurnOrder, turn_id: uuid.UUID
+) -> str:
+    """Store the new user message (idempotently) or pick the one to answer again."""
+    last = await messages.last_visible(order.session_id)
+    if order.trigger == "regenerate-message":
+        if last is not None and last.role == "assistant":
+            if order.regenerate_message_id not in (None, last.message_id):
+                raise Conflict(
+                    f"only the last assistant message ({last.message_id}) can be regenerated",
+                    code="not_last_message",
+                )
+            await messages.supersede(last)
+            last = await messages.last_visible(order.session_id)
+        if last is None or last.role != "user":
+            raise InvalidInput("there is no user message to answer", code="nothing_to_regenerate")
+        return last.message_id
+    message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
+    existing = await messages.by_message_id(order.session_id, message_id)
+    if existing is None:
+        await messages.append(
+            order.session_id, message_id=message_id, role="user", parts=order.user_parts,
+            metadata=order.user_metadata, turn_id=turn_id,
+        )
+        return message_id
+    return await _answer_again(messages, existing, last)
+
+
+async def _answer_again(
+    messages: MessageRepository, existing: ChatMessage, last: ChatMessage | None
+) -> str:
+    """A re-POST of a stored message: never a duplicate; its old answer, if any, is replaced."""
+    if existing.role != "user" or existing.superseded_at is not None:
+        raise Conflict(f"message id {existing.message_id!r} is taken", code="message_id_taken")
+    if last is not None and last.role == "assistant" and last.seq == existing.seq + 1:
+        await messages.supersede(last)
+    elif last is None or last.seq != existing.seq:
+        raise Conflict(
+            f"message {existing.message_id!r} is not the latest; send a new message id",
+            code="message_not_latest",
+        )
+    return existing.message_id
+
+
+async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> TurnRunner:
+    """Validate against stored state, persist the turn's first rows, and start its runner."""
+    lease = await _take_lease(state, ctx, order)
+    try:
+        turn_id = uuid.uuid4()
+        assistant_id = f"msg-{uuid.uuid4().hex}"
+        settings = state.settings
+        async with state.sessions() as db:
+            sessions, messages = SessionRepository(db), MessageRepository(db)
+            session = await sessions.get_or_create(order.user_id, order.session_id)
+            session = await sessions.get(order.user_id, order.session_id, for_update=True)
+            if session.active_turn_id is not None:
+                # We hold the lease, so that turn's replica is gone: record it as interrupted.
+                await TurnRepository(db).update(
+                    session.active_turn_id, status="interrupted", error_code="interrupted"
+                )
+                await sessions.set_active_turn(order.session_id, None)
+            user_message_id = await _place_user_message(messages, order, turn_id)
+            history = [as_ui_message(m) for m in await messages.history(order.session_id)]
+            await messages.append(
+                order.session_id, message_id=assistant_id, role="assistant", parts=[],
+                status="streaming", turn_id=turn_id,
+            )
+            await TurnRepository(db).create(
+                id=turn_id, session_id=order.session_id, user_message_id=user_message_id,
+                assistant_message_id=assistant_id, trigger=order.trigger, status="running",
+                backend=ctx.services.backend.name, model=settings.anthropic.model,
+                replica_id=ctx.replica_id,
+            )
+            await sessions.set_active_turn(order.session_id, turn_id)
+            first_message = session.title is None and sum(m["role"] == "user" for m in history) == 1
+            await db.commit()
+    except BaseException:
+        await lease.release()
+        raise
+    request = TurnRequest(
+        session_id=order.session_id,
+        turn_id=str(turn_id),
+        history=history,
+        model=settings.anthropic.model,
+        system_prompt=settings.anthropic.system_prompt,
+        max_tokens=settings.anthropic.max_tokens,
+    )
+    runner = TurnRunner(
+        ctx.services, request, assistant_message_id=assistant_id,
+        events_key=state.keys.turn_events(order.session_id, str(turn_id)), lease=lease,
+    )
+    ctx.registry.add(runner)
+    runner.start()
+    if first_message and ctx.titles is not None:
+        ctx.titles.schedule(order.session_id, history[-1])
+    return runner
