@@ -178,7 +178,7 @@ class TurnSettings(BaseSettings):
     send_timeout_s: float = 30.0
     max_message_chars: int = 100_000
     flush_interval_s: float = 2.0
-    eventlog_flush_ms: float = 5.0
+    eventlog_flush_ms: float = 25.0
     eventlog_ttl_s: int = 3600
     retry_max_attempts: int = 4
     retry_max_total_s: float = 60.0

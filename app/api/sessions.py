@@ -170,10 +170,15 @@ async def list_messages(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[str | None, Query(max_length=128)] = None,
 ) -> MessagePage:
-    """History as AI SDK UIMessages, oldest first; `before` pages back from a message id."""
-    await SessionRepository(db).get(user.id, session_id)
+    """History as AI SDK UIMessages, oldest first; `before` pages back from a message id.
+
+    The reply of a turn still running is left out: resuming its stream replays it whole.
+    """
+    session = await SessionRepository(db).get(user.id, session_id)
     rows, more = await MessageRepository(db).page(session_id, limit, before)
-    return MessagePage(messages=[UIMessageOut(**as_ui_message(r)) for r in rows], has_more=more)
+    active = session.active_turn_id
+    shown = [r for r in rows if active is None or r.turn_id != active or r.role != "assistant"]
+    return MessagePage(messages=[UIMessageOut(**as_ui_message(r)) for r in shown], has_more=more)
 
 
 @router.get("/{session_id}/turns", response_model=TurnList)

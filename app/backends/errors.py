@@ -67,8 +67,8 @@ class UpstreamError(Exception):
         return MESSAGES[self.code]
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after(-ms)` or Anthropic's rate-limit reset headers."""
+def retry_after(headers: Mapping[str, str], status: int = 429) -> float | None:
+    """Seconds to wait from `retry-after(-ms)`, or (429 only) Anthropic's rate-limit resets."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
             return max(0.0, float(ms) / 1000)
@@ -80,7 +80,12 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             parsed = email.utils.parsedate_to_datetime(value)
             return max(0.0, parsed.timestamp() - time.time())
-    resets = [v for k, v in headers.items() if k.startswith("anthropic-ratelimit-") and k.endswith("-reset")]
+    if status != 429:
+        return None
+    resets = [
+        v for k, v in headers.items()
+        if k.startswith("anthropic-ratelimit-") and k.endswith("-reset")
+    ]
     waits: list[float] = []
     for stamp in resets:
         try:
@@ -123,7 +128,7 @@ def classify(exc: BaseException) -> UpstreamError:
         message = _error_message(exc)
         code = _code_for_status(exc.status_code, message)
         return UpstreamError(
-            code, message, status=exc.status_code, retry_after_s=retry_after(exc.response.headers)
+            code, message, status=exc.status_code, retry_after_s=retry_after(exc.response.headers, exc.status_code)
         )
     if isinstance(exc, anthropic.APIError) and exc.body is not None:
         # An `error` event inside an SSE stream (e.g. overloaded mid-stream).

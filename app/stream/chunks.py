@@ -24,6 +24,11 @@ def finish(reason: str, metadata: dict[str, Any] | None = None) -> dict[str, Any
     return chunk
 
 
+def message_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of the assistant message (usage, cost) outside `finish`."""
+    return {"type": "message-metadata", "messageMetadata": metadata}
+
+
 def data_status(status: str, **data: Any) -> dict[str, Any]:
     """A transient progress notice (retrying, compacting, queued): never stored."""
     return {"type": "data-status", "data": {"status": status, **data}, "transient": True}

@@ -1,5 +1,8 @@
 """AgentEvent -> UI message chunks, keeping the stream well formed whatever the backend does.
 
+Tools run on the server, so their chunks carry `providerExecuted: true`: the AI SDK then shows
+them without calling the frontend's `onToolCall`.
+
 Steps are opened lazily, on their first content, so a failed attempt that showed nothing
 leaves no empty step behind; `close()` ends whatever is open (on errors and stops) so every
 text part is closed before `finish-step` and every step before `finish`.
@@ -79,20 +82,20 @@ class ChunkAdapter:
         elif isinstance(event, ToolCallStart):
             self.tool_names[event.call_id] = event.name
             self._shown({"type": "tool-input-start", "toolCallId": event.call_id,
-                         "toolName": event.name})
+                         "toolName": event.name, "providerExecuted": True})
         elif isinstance(event, ToolCallDelta):
             self._shown({"type": "tool-input-delta", "toolCallId": event.call_id,
                          "inputTextDelta": event.delta})
         elif isinstance(event, ToolCallReady):
             self._shown({"type": "tool-input-available", "toolCallId": event.call_id,
-                         "toolName": event.name, "input": event.input})
+                         "toolName": event.name, "input": event.input, "providerExecuted": True})
         elif isinstance(event, ToolResult):
             if event.error is not None:
                 self._shown({"type": "tool-output-error", "toolCallId": event.call_id,
-                             "errorText": event.error})
+                             "errorText": event.error, "providerExecuted": True})
             else:
                 self._shown({"type": "tool-output-available", "toolCallId": event.call_id,
-                             "output": event.output})
+                             "output": event.output, "providerExecuted": True})
         elif isinstance(event, StepStart):
             self.end_step()
         elif isinstance(event, StepEnd):

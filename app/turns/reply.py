@@ -45,6 +45,7 @@ class ReplyAssembler:
                 "type": f"tool-{chunk['toolName']}",
                 "toolCallId": chunk["toolCallId"],
                 "state": "input-streaming",
+                "providerExecuted": True,
             }
             self._tools[chunk["toolCallId"]] = tool
             self._tool_json[chunk["toolCallId"]] = []

@@ -219,24 +219,27 @@ class TurnRunner:
                 await asyncio.sleep(delay)
 
     def _fail(self, error: UpstreamError) -> None:
+        """End with `data-error`, the usage so far, then `error` (the AI SDK stops reading there)."""
         self.outcome.status = "failed" if self.outcome.status == "completed" else self.outcome.status
         self.outcome.finish_reason = "error"
         self.outcome.error = error
         retry_after = error.retry_after_s if error.retryable else None
         self._emit(chunks.data_error(error.code, error.public_message, error.retryable, retry_after))
+        self._emit(chunks.message_metadata(self._metadata()))
         self._emit(chunks.error(f"{error.code}: {error.public_message}"))
 
-    def _finish(self) -> None:
-        rate = self.services.settings.rate_for(self.request.model)
+    def _metadata(self) -> dict[str, Any]:
         usage = self.adapter.usage
-        self.cost = usage.cost(rate)
-        metadata = {
+        self.cost = usage.cost(self.services.settings.rate_for(self.request.model))
+        return {
             "turnId": self.turn_id,
             "model": self.request.model,
             "usage": usage.as_dict(),
             "costUsd": float(self.cost),
         }
-        self._emit(chunks.finish(self.outcome.finish_reason, metadata))
+
+    def _finish(self) -> None:
+        self._emit(chunks.finish(self.outcome.finish_reason, self._metadata()))
 
     # -- persistence -----------------------------------------------------------------------
 

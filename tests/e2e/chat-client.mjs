@@ -1,0 +1,291 @@
+#!/usr/bin/env node
+// End-to-end chat client: drives a running copilot-server with the real `ai` package, majors
+// 5, 6 and 7 side by side, the way a `useChat` frontend does (an `AbstractChat` over the
+// version's `DefaultChatTransport`, minus React), and audits every stream it receives.
+//
+//   BASE_URL=http://127.0.0.1:8000 node tests/e2e/chat-client.mjs
+//
+// env: BASE_URL (default http://127.0.0.1:8000), AUTH_TOKEN (sent as `Authorization: Bearer`),
+//      AI_VERSIONS (default ai5,ai6,ai7), SCENARIO (default all = text,tool,error,resume; or a
+//      comma list), SCENARIO_TIMEOUT_MS (default 60000), DEBUG=1 (raw SSE of every stream on
+//      stderr), WIRE_CHECKS=0 (skip the wire-contract audit: only what the SDK itself rejects
+//      and the scenario checks count; for telling the two kinds of failure apart).
+// Prints `ok <version> <scenario>` or `FAIL <version> <scenario>: <why>` per pair, then
+// `N passed, M failed` alone on a line; exits 1 when anything failed.
+
+import { randomUUID } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
+
+import { answerOf, describeError, recordingFetch, traceExchange } from './stream-audit.mjs';
+
+// --- The fake model's directives. The server's fake upstream reads these from the user text.
+const DIRECTIVES = {
+  text: 'hello',
+  followUp: 'tell me more',
+  tool: '[[fake:tool name=get_current_time input={}]]',
+  error: '[[fake:error status=401]]',
+};
+const TOOL_NAME = 'get_current_time';
+
+const BASE_URL = (process.env.BASE_URL ?? 'http://127.0.0.1:8000').replace(/\/+$/, '');
+const API = `${BASE_URL}/api/v1/chat`;
+const AUTH_TOKEN = process.env.AUTH_TOKEN;
+const VERSIONS = (process.env.AI_VERSIONS ?? 'ai5,ai6,ai7').split(',').map((s) => s.trim()).filter(Boolean);
+const ALL_SCENARIOS = ['text', 'tool', 'error', 'resume'];
+const SCENARIO = process.env.SCENARIO ?? 'all';
+const SCENARIOS = SCENARIO === 'all' ? ALL_SCENARIOS : SCENARIO.split(',').map((s) => s.trim()).filter(Boolean);
+const TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS ?? 60000);
+const DEBUG = process.env.DEBUG === '1' || process.env.DEBUG === 'true';
+const WIRE_CHECKS = process.env.WIRE_CHECKS !== '0';
+
+class ScenarioFailure extends Error {}
+
+function expect(condition, message) {
+  if (!condition) throw new ScenarioFailure(message);
+}
+
+/** The `ChatState` a framework binding would provide, as plain memory. */
+class MemoryChatState {
+  constructor(messages = []) {
+    this.status = 'ready';
+    this.error = undefined;
+    this.messages = messages;
+  }
+
+  pushMessage = (message) => {
+    this.messages = this.messages.concat(message);
+  };
+
+  popMessage = () => {
+    this.messages = this.messages.slice(0, -1);
+  };
+
+  replaceMessage = (index, message) => {
+    this.messages = [...this.messages.slice(0, index), this.snapshot(message), ...this.messages.slice(index + 1)];
+  };
+
+  snapshot = (thing) => structuredClone(thing);
+}
+
+/** One version x scenario run: its chats, the HTTP exchanges they made, the errors they saw. */
+class Run {
+  constructor(sdk, version) {
+    this.sdk = sdk;
+    this.version = version;
+    this.exchanges = [];
+    this.chatErrors = [];
+    this.chats = [];
+  }
+
+  chat({ id = randomUUID(), messages = [] } = {}) {
+    const { sdk } = this;
+    const transport = new sdk.DefaultChatTransport({
+      api: API,
+      headers: AUTH_TOKEN ? { Authorization: `Bearer ${AUTH_TOKEN}` } : undefined,
+      fetch: recordingFetch(sdk, this.exchanges),
+    });
+    class MemoryChat extends sdk.AbstractChat {}
+    const chat = new MemoryChat({
+      id,
+      transport,
+      state: new MemoryChatState(structuredClone(messages)),
+      onError: (error) => this.chatErrors.push(error),
+    });
+    this.chats.push(chat);
+    return chat;
+  }
+
+  /** Wait for every audit so far; fail on any wire problem or any chunk the SDK rejected. */
+  async settle() {
+    await Promise.all(this.exchanges.map((x) => x.done));
+    for (const x of this.exchanges) {
+      const where = `${x.method} ${new URL(x.url).pathname}`;
+      if (WIRE_CHECKS && x.wireProblems?.length) {
+        throw new ScenarioFailure(`protocol error in ${where}: ${x.wireProblems.join('; ')}`);
+      }
+      if (x.sdkRejected?.length) {
+        throw new ScenarioFailure(`${this.version} rejected a chunk of ${where}: ${x.sdkRejected.map(describeError).join('; ')}`);
+      }
+    }
+  }
+
+  /** Chat-level errors that are not the surfacing of a server `error` chunk. */
+  unexpectedChatErrors() {
+    const texts = this.exchanges.flatMap((x) => x.errorTexts ?? []);
+    return this.chatErrors.filter((e) => !(e?.name === 'Error' && texts.includes(e.message)));
+  }
+
+  lastExchange(method) {
+    return this.exchanges.filter((x) => x.method === method).at(-1);
+  }
+}
+
+function textOf(message) {
+  return message.parts.filter((p) => p.type === 'text').map((p) => p.text).join('');
+}
+
+function isOurToolPart(part) {
+  return part.type === `tool-${TOOL_NAME}` || (part.type === 'dynamic-tool' && part.toolName === TOOL_NAME);
+}
+
+/** Send one user message and check the turn ended cleanly with an assistant reply. */
+async function sendOk(run, chat, text) {
+  const before = chat.messages.length;
+  await chat.sendMessage({ text });
+  await run.settle();
+  const post = run.lastExchange('POST');
+  expect(post?.status === 200, `POST /chat: ${answerOf(post)}`);
+  const unexpected = run.unexpectedChatErrors();
+  expect(unexpected.length === 0, `chat error: ${unexpected.map(describeError).join('; ')}`);
+  expect(chat.status === 'ready', `chat status is ${chat.status} after the turn (${describeError(chat.error)})`);
+  const body = post.requestBody;
+  expect(body?.id === chat.id && body?.trigger === 'submit-message', 'transport body is not {id, messages, trigger}');
+  expect(chat.messages.length === before + 2, `expected ${before + 2} messages, have ${chat.messages.length}`);
+  const assistant = chat.messages.at(-1);
+  expect(assistant.role === 'assistant', `last message role is ${assistant.role}`);
+  const start = post.chunks.find((c) => c.type === 'start');
+  expect(assistant.id === start.messageId, `assistant id ${assistant.id} != start.messageId ${start.messageId}`);
+  expect(isDeepStrictEqual(stripUndefined(post.assembled), stripUndefined(assistant)),
+    'readUIMessageStream and AbstractChat assembled different messages');
+  return { assistant, post };
+}
+
+function stripUndefined(value) {
+  return JSON.parse(JSON.stringify(value ?? null));
+}
+
+async function validateHistory(run, chat) {
+  try {
+    await run.sdk.validateUIMessages({ messages: chat.messages });
+  } catch (error) {
+    throw new ScenarioFailure(`the chat history is not valid UIMessages for ${run.version}: ${describeError(error)}`);
+  }
+}
+
+const scenarios = {
+  async text(run) {
+    const chat = run.chat();
+    const first = await sendOk(run, chat, DIRECTIVES.text);
+    expect(textOf(first.assistant).length > 0, 'first reply has no non-empty text part');
+    const second = await sendOk(run, chat, DIRECTIVES.followUp);
+    expect(second.post.requestBody.messages.length === 3, 'second request did not carry the whole history');
+    expect(textOf(second.assistant).length > 0, 'second reply has no non-empty text part');
+    expect(second.assistant.id !== first.assistant.id, 'both replies have the same message id');
+    await validateHistory(run, chat);
+  },
+
+  async tool(run) {
+    const chat = run.chat();
+    const { assistant } = await sendOk(run, chat, DIRECTIVES.tool);
+    const toolAt = assistant.parts.findIndex(isOurToolPart);
+    const kinds = assistant.parts.map((p) => p.type).join(', ');
+    expect(toolAt !== -1, `no tool-${TOOL_NAME} or dynamic-tool part (parts: ${kinds})`);
+    const tool = assistant.parts[toolAt];
+    expect(tool.state === 'output-available', `tool part state is ${tool.state}${tool.errorText ? ` (${tool.errorText})` : ''}`);
+    expect(tool.output !== undefined, 'tool part has no output');
+    const textAfter = assistant.parts.slice(toolAt + 1).some((p) => p.type === 'text' && p.text.length > 0);
+    expect(textAfter, `no non-empty text part after the tool part (parts: ${kinds})`);
+    await validateHistory(run, chat);
+  },
+
+  async error(run) {
+    const chat = run.chat();
+    await chat.sendMessage({ text: DIRECTIVES.error });
+    await Promise.all(run.exchanges.map((x) => x.done));
+    const post = run.lastExchange('POST');
+    expect(post?.status === 200, `expected a 200 stream carrying an error chunk; POST /chat: ${answerOf(post)}`);
+    await run.settle();
+    const unexpected = run.unexpectedChatErrors();
+    expect(unexpected.length === 0, `chat error that is not the server's error chunk: ${unexpected.map(describeError).join('; ')}`);
+    expect(post.errorTexts.length === 1, `expected exactly one error chunk, saw ${post.errorTexts.length}`);
+    expect(run.chatErrors.length === 1, `onError was called ${run.chatErrors.length} times, expected once`);
+    expect(chat.status === 'error', `chat status is ${chat.status}, expected error`);
+    expect(chat.error?.message === post.errorTexts[0], 'chat.error is not the error chunk');
+    const errorAt = post.chunks.findIndex((c) => c.type === 'error');
+    const dataError = post.chunks.slice(0, errorAt).find((c) => c.type === 'data-error');
+    expect(dataError !== undefined, 'no data-error chunk before the error chunk');
+    const d = dataError.data ?? {};
+    expect(typeof d.code === 'string' && typeof d.message === 'string' && typeof d.retryable === 'boolean',
+      `data-error data is not {code, message, retryable}: ${JSON.stringify(d)}`);
+    expect(post.assembled?.parts.some((p) => p.type === 'data-error'), 'the data-error part was not kept in the message');
+  },
+
+  async resume(run) {
+    // A finished turn leaves nothing to resume: 204 and nothing changes. A server may also
+    // answer 200 with the whole turn replayed from `start`; then the message must be
+    // rebuilt in place (same id, same text), never duplicated. Checked twice: on the chat
+    // that ran the turn, and on a fresh chat seeded with its history (a page reload).
+    const chat = run.chat();
+    await sendOk(run, chat, DIRECTIVES.text);
+    const history = structuredClone(chat.messages);
+    for (const target of [chat, run.chat({ id: chat.id, messages: history })]) {
+      await target.resumeStream();
+      await Promise.all(run.exchanges.map((x) => x.done));
+      const get = run.lastExchange('GET');
+      expect(get !== undefined, `resumeStream made no GET request (${describeError(target.error)})`);
+      expect(new URL(get.url).pathname === `${new URL(API).pathname}/${encodeURIComponent(chat.id)}/stream`,
+        `resume went to ${get.url}`);
+      expect(get.status === 204 || get.status === 200, `GET /chat/{id}/stream: ${answerOf(get)}`);
+      await run.settle();
+      const unexpected = run.unexpectedChatErrors();
+      expect(unexpected.length === 0, `chat error on resume: ${unexpected.map(describeError).join('; ')}`);
+      expect(target.status === 'ready', `chat status is ${target.status} after resume (${describeError(target.error)})`);
+      const shape = (ms) => ms.map((m) => [m.id, m.role, textOf(m)]);
+      expect(isDeepStrictEqual(shape(target.messages), shape(history)),
+        `resume (HTTP ${get.status}) changed the messages: ${JSON.stringify(shape(target.messages))}`);
+    }
+  },
+};
+
+async function runOne(version, name) {
+  const sdk = await import(version);
+  const run = new Run(sdk, version);
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new ScenarioFailure(`timed out after ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
+  });
+  try {
+    await Promise.race([scenarios[name](run), timeout]);
+    return { ok: true, run };
+  } catch (error) {
+    await Promise.all(run.chats.map((c) => c.stop().catch(() => {})));
+    const why = error instanceof ScenarioFailure ? error.message : `client crashed: ${describeError(error)}\n${error?.stack ?? ''}`;
+    return { ok: false, why, run };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function main() {
+  const unknown = SCENARIOS.filter((s) => !(s in scenarios));
+  if (unknown.length) {
+    console.error(`unknown SCENARIO ${unknown.join(',')} (known: ${ALL_SCENARIOS.join(',')})`);
+    process.exit(2);
+  }
+  let passed = 0;
+  let failed = 0;
+  for (const version of VERSIONS) {
+    for (const name of SCENARIOS) {
+      const { ok, why, run } = await runOne(version, name);
+      if (ok) {
+        passed += 1;
+        console.log(`ok ${version} ${name}`);
+      } else {
+        failed += 1;
+        console.log(`FAIL ${version} ${name}: ${why}`);
+        for (const x of run.exchanges) console.log(`    ${traceExchange(x)}`);
+      }
+      if (DEBUG) {
+        for (const x of run.exchanges) {
+          console.error(`--- ${version} ${name} ${x.method} ${x.url} -> ${x.status}`);
+          if (x.requestBody !== undefined) console.error(`request: ${JSON.stringify(x.requestBody)}`);
+          console.error(x.text ?? '');
+        }
+      }
+    }
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exitCode = failed === 0 ? 0 : 1;
+}
+
+await main();
