@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import ipaddress
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
@@ -57,11 +59,6 @@ def provisioned(settings: Settings) -> Iterator[Settings]:
 
 def serve(settings: Settings, host: str, port: int) -> int:
     """Run the HTTP server until SIGTERM or Ctrl-C; embedded services stop with it."""
-    import uvicorn
-
-    from app.main import create_app
-    from app.store.db import migrate
-
     if (
         not settings.auth.configured
         and not _is_loopback(host)
@@ -73,7 +70,17 @@ def serve(settings: Settings, host: str, port: int) -> int:
             host,
         )
         return 2
+    # Importing the app (the anthropic SDK alone takes seconds) overlaps the embedded
+    # services' start-up, which runs in other processes.
+    importer = threading.Thread(target=importlib.import_module, args=("app.main",), daemon=True)
+    importer.start()
     with provisioned(settings) as ready:
+        importer.join()
+        import uvicorn
+
+        from app.main import create_app
+        from app.store.db import migrate
+
         if ready.server.migrate_on_start:
             assert ready.database.url is not None
             migrate(ready.database.url)

@@ -1,0 +1,159 @@
+"""The `copilot` command as a user runs it: serve on embedded services, token, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import jwt
+import psutil
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import _admin
+from tests.serving import COPILOT, free_port, serve, wait_until
+
+BARE_ENV = {"COPILOT_LOG_LEVEL": "INFO"}
+
+
+def _embedded_children(pid: int) -> list[psutil.Process]:
+    """The postgres and redis-server processes started by the server `pid`."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if child.name() in ("postgres", "redis-server"):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_serve_with_nothing_configured_runs_on_embedded_services(tmp_path: Path) -> None:
+    env = {**BARE_ENV, "COPILOT_DATA_DIR": str(tmp_path / "data")}
+    with serve(env, tmp_path) as served, served.client() as http:
+        children = _embedded_children(served.proc.pid)
+        assert {c.name() for c in children} == {"postgres", "redis-server"}
+        created = http.post("/api/v1/sessions", json={"id": "kept", "title": "Kept"})
+        assert created.status_code == 201
+        assert http.post("/api/v1/sessions", json={"title": "Gone"}).status_code == 201
+        listing = http.get("/api/v1/sessions").json()["sessions"]
+        assert [s["title"] for s in listing] == ["Gone", "Kept"]
+        assert http.get("/api/v1/sessions/kept").json()["title"] == "Kept"
+        assert http.delete(f"/api/v1/sessions/{listing[0]['id']}").status_code == 204
+        reply = http.post("/api/v1/chat", json={"id": "kept", "message": "hello"})
+        assert reply.status_code == 200 and "Echo: hello" in reply.text
+        assert "SIMULATED" in served.log()
+        pids = [c.pid for c in children]
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(30) == 0
+    wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=15)
+
+    with serve(env, tmp_path) as again, again.client() as http:
+        sessions = http.get("/api/v1/sessions").json()["sessions"]
+        assert [s["id"] for s in sessions] == ["kept"]
+        assert len(http.get("/api/v1/sessions/kept/messages").json()["messages"]) == 2
+
+
+def test_a_second_serve_on_the_same_data_dir_fails_clearly(tmp_path: Path) -> None:
+    env = {**BARE_ENV, "COPILOT_DATA_DIR": str(tmp_path / "data")}
+    with serve(env, tmp_path) as first:
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("COPILOT_", "ANTHROPIC_", "DATABASE_", "REDIS_"))}
+        second = subprocess.run(
+            [COPILOT, "serve", "--port", str(free_port())],
+            cwd=tmp_path, env={**full_env, **env}, capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 1
+        assert "in use by another copilot serve" in second.stderr
+        with first.client() as http:
+            assert http.get("/readyz").status_code == 200
+
+
+def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
+    result = subprocess.run(
+        [COPILOT, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
+    assert not (tmp_path / ".copilot").exists(), "nothing may start before the refusal"
+
+
+def test_ctrl_c_stops_the_server_and_its_embedded_services(tmp_path: Path) -> None:
+    env = {**BARE_ENV, "COPILOT_DATA_DIR": str(tmp_path / "data")}
+    with serve(env, tmp_path) as served:
+        pids = [c.pid for c in _embedded_children(served.proc.pid)]
+        served.proc.send_signal(signal.SIGINT)
+        assert served.proc.wait(30) == 0
+    wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=15)
+
+
+def test_token_prints_a_jwt_the_server_accepts(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    secret = "a-secret-for-the-token-command-0123456789"
+    env = {"COPILOT_JWT_SECRET": secret, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+           "ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "unused",
+           "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
+    printed = subprocess.run(
+        [COPILOT, "token", "--user", "ada"], env={**base, **env}, capture_output=True,
+        text=True, timeout=60, check=True,
+    ).stdout.strip()
+    assert jwt.decode(printed, secret, algorithms=["HS256"])["sub"] == "ada"
+    with serve(env, tmp_path) as served:
+        response = httpx.get(served.base_url + "/api/v1/sessions",
+                             headers={"Authorization": f"Bearer {printed}"})
+        assert response.status_code == 200
+        assert httpx.get(served.base_url + "/api/v1/sessions").status_code == 401
+
+
+def test_token_without_a_secret_says_so(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
+    result = subprocess.run([COPILOT, "token", "--user", "ada"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "COPILOT_JWT_SECRET is not set" in result.stderr
+
+
+def test_migrate_creates_the_schema(server_database_url: str) -> None:
+    name = f"copilot_migrate_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(server_database_url, f'CREATE DATABASE "{name}"'))
+    url = make_url(server_database_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
+        subprocess.run([COPILOT, "migrate"], env={**env, "DATABASE_URL": url}, check=True,
+                       capture_output=True, timeout=120)
+
+        async def tables() -> set[str]:
+            engine = create_async_engine(url)
+            async with engine.connect() as conn:
+                rows = await conn.execute(text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+                names = {r[0] for r in rows}
+            await engine.dispose()
+            return names
+
+        assert {"chat_sessions", "chat_messages", "turns", "turn_attempts",
+                "transcript_entries", "alembic_version"} <= asyncio.run(tables())
+    finally:
+        asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_configured_services_are_used_and_nothing_is_embedded(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
+           "COPILOT_DATA_DIR": str(tmp_path / "data"),
+           "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}"}
+    with serve(env, tmp_path) as served:
+        assert _embedded_children(served.proc.pid) == []
+        assert not (tmp_path / "data" / "postgres").exists()
+        assert not (tmp_path / "data" / "redis").exists()
