@@ -71,7 +71,10 @@ def serve(env: dict[str, str], tmp: Path, *, ready_path: str = "/readyz") -> Ite
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [COPILOT, "serve", "--port", str(port)],
-            cwd=tmp, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     served = Served(proc, f"http://127.0.0.1:{port}", log_path)
 
@@ -163,9 +166,17 @@ def assert_well_formed(result: StreamResult) -> None:
     assert result.headers["x-accel-buffering"] == "no"
     assert result.done, "no [DONE]"
     kinds = [c["type"] for c in result.chunks]
-    assert kinds.count("start") == 1 and kinds[0] == "start"
-    assert kinds.count("finish") == 1 and kinds[-1] == "finish"
-    assert result.chunks[-1].get("finishReason") in ("stop", "length", "tool-calls", "error", "other")
+    assert kinds.count("start") == 1
+    assert kinds[0] == "start"
+    assert kinds.count("finish") == 1
+    assert kinds[-1] == "finish"
+    assert result.chunks[-1].get("finishReason") in (
+        "stop",
+        "length",
+        "tool-calls",
+        "error",
+        "other",
+    )
     assert result.ids == list(range(len(result.ids)))
     in_step = False
     open_parts: set[str] = set()
@@ -176,7 +187,8 @@ def assert_well_formed(result: StreamResult) -> None:
             assert not in_step
             in_step = True
         elif kind == "finish-step":
-            assert in_step and not open_parts, f"finish-step with open parts {open_parts}"
+            assert in_step
+            assert not open_parts, f"finish-step with open parts {open_parts}"
             in_step = False
         elif kind in ("text-start", "reasoning-start"):
             assert in_step

@@ -47,7 +47,8 @@ def test_serve_with_nothing_configured_runs_on_embedded_services(tmp_path: Path)
         assert http.get("/api/v1/sessions/kept").json()["title"] == "Kept"
         assert http.delete(f"/api/v1/sessions/{listing[0]['id']}").status_code == 204
         reply = http.post("/api/v1/chat", json={"id": "kept", "message": "hello"})
-        assert reply.status_code == 200 and "Echo: hello" in reply.text
+        assert reply.status_code == 200
+        assert "Echo: hello" in reply.text
         assert "SIMULATED" in served.log()
         pids = [c.pid for c in children]
         served.proc.send_signal(signal.SIGTERM)
@@ -63,11 +64,18 @@ def test_serve_with_nothing_configured_runs_on_embedded_services(tmp_path: Path)
 def test_a_second_serve_on_the_same_data_dir_fails_clearly(tmp_path: Path) -> None:
     env = {**BARE_ENV, "COPILOT_DATA_DIR": str(tmp_path / "data")}
     with serve(env, tmp_path) as first:
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("COPILOT_", "ANTHROPIC_", "DATABASE_", "REDIS_"))}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("COPILOT_", "ANTHROPIC_", "DATABASE_", "REDIS_"))
+        }
         second = subprocess.run(
             [COPILOT, "serve", "--port", str(free_port())],
-            cwd=tmp_path, env={**full_env, **env}, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+            env={**full_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert second.returncode == 1
         assert "in use by another copilot serve" in second.stderr
@@ -79,7 +87,11 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
     result = subprocess.run(
         [COPILOT, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
@@ -99,26 +111,42 @@ def test_token_prints_a_jwt_the_server_accepts(
     tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
     secret = "a-secret-for-the-token-command-0123456789"
-    env = {"COPILOT_JWT_SECRET": secret, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-           "ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "unused",
-           "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}"}
+    env = {
+        "COPILOT_JWT_SECRET": secret,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+        "ANTHROPIC_API_KEY": "unused",
+        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}",
+    }
     base = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
     printed = subprocess.run(
-        [COPILOT, "token", "--user", "ada"], env={**base, **env}, capture_output=True,
-        text=True, timeout=60, check=True,
+        [COPILOT, "token", "--user", "ada"],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout.strip()
     assert jwt.decode(printed, secret, algorithms=["HS256"])["sub"] == "ada"
     with serve(env, tmp_path) as served:
-        response = httpx.get(served.base_url + "/api/v1/sessions",
-                             headers={"Authorization": f"Bearer {printed}"})
+        response = httpx.get(
+            served.base_url + "/api/v1/sessions", headers={"Authorization": f"Bearer {printed}"}
+        )
         assert response.status_code == 200
         assert httpx.get(served.base_url + "/api/v1/sessions").status_code == 401
 
 
 def test_token_without_a_secret_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
-    result = subprocess.run([COPILOT, "token", "--user", "ada"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [COPILOT, "token", "--user", "ada"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "COPILOT_JWT_SECRET is not set" in result.stderr
 
@@ -129,20 +157,32 @@ def test_migrate_creates_the_schema(server_database_url: str) -> None:
     url = make_url(server_database_url).set(database=name).render_as_string(hide_password=False)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
-        subprocess.run([COPILOT, "migrate"], env={**env, "DATABASE_URL": url}, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [COPILOT, "migrate"],
+            env={**env, "DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
         async def tables() -> set[str]:
             engine = create_async_engine(url)
             async with engine.connect() as conn:
-                rows = await conn.execute(text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+                rows = await conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                )
                 names = {r[0] for r in rows}
             await engine.dispose()
             return names
 
-        assert {"chat_sessions", "chat_messages", "turns", "turn_attempts",
-                "transcript_entries", "alembic_version"} <= asyncio.run(tables())
+        assert {
+            "chat_sessions",
+            "chat_messages",
+            "turns",
+            "turn_attempts",
+            "transcript_entries",
+            "alembic_version",
+        } <= asyncio.run(tables())
     finally:
         asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -150,9 +190,12 @@ def test_migrate_creates_the_schema(server_database_url: str) -> None:
 def test_configured_services_are_used_and_nothing_is_embedded(
     tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
-           "COPILOT_DATA_DIR": str(tmp_path / "data"),
-           "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}"}
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "COPILOT_DATA_DIR": str(tmp_path / "data"),
+        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}",
+    }
     with serve(env, tmp_path) as served:
         assert _embedded_children(served.proc.pid) == []
         assert not (tmp_path / "data" / "postgres").exists()

@@ -29,7 +29,8 @@ def test_env_default_lists_every_variable_with_a_meaning() -> None:
     expected: set[str] = set()
     for info in Settings.model_fields.values():
         group = info.annotation
-        assert isinstance(group, type) and issubclass(group, BaseSettings)
+        assert isinstance(group, type)
+        assert issubclass(group, BaseSettings)
         expected |= _variables(group)
     assert expected == listed
     lines = text.splitlines()
@@ -62,5 +63,6 @@ def test_flat_environment_names_reach_the_groups(monkeypatch: pytest.MonkeyPatch
 def test_the_rate_card_prices_by_longest_model_prefix() -> None:
     turns = Settings().turns
     rate = turns.rate_for("claude-haiku-4-5")
-    assert rate is not None and rate.output == 5
+    assert rate is not None
+    assert rate.output == 5
     assert turns.rate_for("gpt-4") is None

@@ -6,7 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import CurrentUser, StateDep
@@ -84,8 +91,9 @@ def _order(body: ChatRequest, user_id: str, max_chars: int) -> TurnOrder:
                 raise InvalidInput("the last message must be the user's", code="validation_error")
             bad = [p["type"] for p in last.parts if p["type"] not in USER_PART_TYPES]
             if bad:
-                raise InvalidInput(f"a user message cannot carry {bad[0]!r} parts",
-                                   code="validation_error")
+                raise InvalidInput(
+                    f"a user message cannot carry {bad[0]!r} parts", code="validation_error"
+                )
             parts, message_id = last.parts, last.id
             metadata = last.metadata if isinstance(last.metadata, dict) else {}
         else:
@@ -96,11 +104,17 @@ def _order(body: ChatRequest, user_id: str, max_chars: int) -> TurnOrder:
         if len(text) > max_chars:
             raise PayloadTooLarge(
                 f"the message has {len(text)} characters; at most {max_chars} "
-                "(COPILOT_MAX_MESSAGE_CHARS)", code="message_too_long",
+                "(COPILOT_MAX_MESSAGE_CHARS)",
+                code="message_too_long",
             )
     return TurnOrder(
-        session_id=body.id, user_id=user_id, trigger=body.trigger, user_message_id=message_id,
-        user_parts=parts, user_metadata=metadata, regenerate_message_id=body.message_id,
+        session_id=body.id,
+        user_id=user_id,
+        trigger=body.trigger,
+        user_message_id=message_id,
+        user_parts=parts,
+        user_metadata=metadata,
+        regenerate_message_id=body.message_id,
         on_conflict=body.on_conflict,
     )
 
@@ -129,10 +143,14 @@ def _stream(
     )
 
 
-@router.post("", response_class=EventSourceResponse, responses={
-    200: {"content": {"text/event-stream": {}}, "description": "AI SDK UI message stream v1"},
-    409: {"description": "a turn is already running in this session"},
-})
+@router.post(
+    "",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "AI SDK UI message stream v1"},
+        409: {"description": "a turn is already running in this session"},
+    },
+)
 async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> EventSourceResponse:
     """Start a turn and answer with its UI message stream."""
     ctx = _turns(state)
@@ -155,10 +173,14 @@ async def _replay_log(
     yield DONE
 
 
-@router.get("/{session_id}/stream", response_class=EventSourceResponse, responses={
-    200: {"content": {"text/event-stream": {}}, "description": "replay, then live chunks"},
-    204: {"description": "no active turn"},
-})
+@router.get(
+    "/{session_id}/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "replay, then live chunks"},
+        204: {"description": "no active turn"},
+    },
+)
 async def resume(
     session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)],
     user: CurrentUser,

@@ -41,7 +41,9 @@ from app.store.usage import Usage
 EPHEMERAL = {"type": "ephemeral"}
 
 
-def create_client(settings: AnthropicSettings, base_url: str | None = None) -> anthropic.AsyncAnthropic:
+def create_client(
+    settings: AnthropicSettings, base_url: str | None = None
+) -> anthropic.AsyncAnthropic:
     """An async client honouring ANTHROPIC_BASE_URL, without SDK retries."""
     key = settings.api_key.get_secret_value() if settings.api_key else "simulated"
     return anthropic.AsyncAnthropic(
@@ -124,7 +126,9 @@ class AnthropicBackend:
                 if stop_reason == "max_tokens":
                     yield Finished("length", "max_output_tokens")
                 else:
-                    yield Finished("stop" if stop_reason in ("end_turn", "stop_sequence", None) else "other")
+                    yield Finished(
+                        "stop" if stop_reason in ("end_turn", "stop_sequence", None) else "other"
+                    )
                 return
             if round_no == self.max_tool_rounds:
                 raise UpstreamError(
@@ -137,17 +141,24 @@ class AnthropicBackend:
                 result = await self._run_tool(block)
                 yield result
                 content = (
-                    result.output if isinstance(result.output, str)
+                    result.output
+                    if isinstance(result.output, str)
                     else orjson.dumps(result.output, default=str).decode()
                 )
-                entry: dict[str, Any] = {"type": "tool_result", "tool_use_id": block.id,
-                                         "content": result.error or content}
+                entry: dict[str, Any] = {
+                    "type": "tool_result",
+                    "tool_use_id": block.id,
+                    "content": result.error or content,
+                }
                 if result.error:
                     entry["is_error"] = True
                 results.append(entry)
             yield StepEnd()
-            messages = [*messages, {"role": "assistant", "content": _assistant_content(blocks)},
-                        {"role": "user", "content": results}]
+            messages = [
+                *messages,
+                {"role": "assistant", "content": _assistant_content(blocks)},
+                {"role": "user", "content": results},
+            ]
 
     async def _run_tool(self, block: _Block) -> ToolResult:
         tool = self.tools.get(block.name)
@@ -160,7 +171,11 @@ class AnthropicBackend:
             return ToolResult(block.id, None, str(exc))
 
     async def _call(
-        self, request: TurnRequest, messages: list[dict[str, Any]], round_no: int, blocks: list[_Block]
+        self,
+        request: TurnRequest,
+        messages: list[dict[str, Any]],
+        round_no: int,
+        blocks: list[_Block],
     ) -> AsyncIterator[AgentEvent | str]:
         """One model call; yields events, then its stop reason as a plain string."""
         usage = Usage()
@@ -168,7 +183,9 @@ class AnthropicBackend:
         by_index: dict[int, _Block] = {}
         prefix = f"{request.turn_id[:8]}-{round_no}"
         try:
-            stream = await self.client.messages.create(**self._params(request, messages), stream=True)
+            stream = await self.client.messages.create(
+                **self._params(request, messages), stream=True
+            )
             yield StepStart()
             async with stream:
                 async for event in stream:
@@ -247,8 +264,13 @@ def _assistant_content(blocks: list[_Block]) -> list[dict[str, Any]]:
     content: list[dict[str, Any]] = []
     for block in blocks:
         if block.kind == "thinking":
-            content.append({"type": "thinking", "thinking": "".join(block.thinking),
-                            "signature": block.signature or ""})
+            content.append(
+                {
+                    "type": "thinking",
+                    "thinking": "".join(block.thinking),
+                    "signature": block.signature or "",
+                }
+            )
         elif block.kind == "redacted_thinking":
             content.append({"type": "redacted_thinking", "data": block.signature or ""})
         elif block.kind == "text" and "".join(block.text):

@@ -39,7 +39,10 @@ def _user_blocks(parts: list[dict[str, Any]]) -> list[Block]:
             if media.startswith("image/") and url.startswith("data:") and ";base64," in url:
                 data = url.split(";base64,", 1)[1]
                 blocks.append(
-                    {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": media, "data": data},
+                    }
                 )
             else:
                 name = part.get("filename") or url[:80]
@@ -76,13 +79,20 @@ def _assistant_messages(parts: list[dict[str, Any]]) -> list[Message]:
             )
             if state == "output-available":
                 results.append(
-                    {"type": "tool_result", "tool_use_id": call_id,
-                     "content": _result_content(part.get("output"))}
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": call_id,
+                        "content": _result_content(part.get("output")),
+                    }
                 )
             else:
                 results.append(
-                    {"type": "tool_result", "tool_use_id": call_id, "is_error": True,
-                     "content": str(part.get("errorText") or "tool failed")}
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": call_id,
+                        "is_error": True,
+                        "content": str(part.get("errorText") or "tool failed"),
+                    }
                 )
     close_step()
     return messages
@@ -96,7 +106,9 @@ def _merge(messages: list[Message]) -> list[Message]:
         if merged and merged[-1]["role"] == message["role"]:
             previous = merged[-1]["content"]
             # tool_result blocks must lead a user message: keep them before any text.
-            if message["role"] == "user" and any(b["type"] == "tool_result" for b in message["content"]):
+            if message["role"] == "user" and any(
+                b["type"] == "tool_result" for b in message["content"]
+            ):
                 merged[-1]["content"] = [*message["content"], *previous]
             else:
                 merged[-1]["content"] = [*previous, *message["content"]]

@@ -49,8 +49,11 @@ def register_builtin_tools(registry: ToolRegistry) -> None:
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ToolError(f"unknown time zone {timezone!r}") from exc
         now = datetime.now(zone)
-        return {"timezone": timezone, "iso": now.isoformat(timespec="seconds"),
-                "weekday": now.strftime("%A")}
+        return {
+            "timezone": timezone,
+            "iso": now.isoformat(timespec="seconds"),
+            "weekday": now.strftime("%A"),
+        }
 
     @registry.tool
     def calculate(expression: str) -> dict[str, float | str]:

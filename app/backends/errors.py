@@ -23,6 +23,15 @@ ErrorCode = Literal[
     "internal",
 ]
 
+STREAM_ERROR_CODES: dict[str, ErrorCode] = {
+    "overloaded_error": "overloaded",
+    "rate_limit_error": "rate_limited",
+    "api_error": "upstream_unavailable",
+    "invalid_request_error": "invalid_request",
+    "authentication_error": "auth_failed",
+    "permission_error": "auth_failed",
+}
+
 RETRYABLE: frozenset[str] = frozenset({"rate_limited", "overloaded", "upstream_unavailable"})
 
 MESSAGES: dict[str, str] = {
@@ -83,7 +92,8 @@ def retry_after(headers: Mapping[str, str], status: int = 429) -> float | None:
     if status != 429:
         return None
     resets = [
-        v for k, v in headers.items()
+        v
+        for k, v in headers.items()
         if k.startswith("anthropic-ratelimit-") and k.endswith("-reset")
     ]
     waits: list[float] = []
@@ -91,7 +101,9 @@ def retry_after(headers: Mapping[str, str], status: int = 429) -> float | None:
         try:
             from datetime import datetime
 
-            waits.append(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - time.time())
+            waits.append(
+                datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - time.time()
+            )
         except ValueError:
             continue
     return max(0.0, min(waits)) if waits else None
@@ -128,21 +140,20 @@ def classify(exc: BaseException) -> UpstreamError:
         message = _error_message(exc)
         code = _code_for_status(exc.status_code, message)
         return UpstreamError(
-            code, message, status=exc.status_code, retry_after_s=retry_after(exc.response.headers, exc.status_code)
+            code,
+            message,
+            status=exc.status_code,
+            retry_after_s=retry_after(exc.response.headers, exc.status_code),
         )
     if isinstance(exc, anthropic.APIError) and exc.body is not None:
         # An `error` event inside an SSE stream (e.g. overloaded mid-stream).
         body = exc.body if isinstance(exc.body, dict) else {}
-        kind = str(body.get("error", {}).get("type", "")) if isinstance(body.get("error"), dict) else ""
-        code: ErrorCode = {
-            "overloaded_error": "overloaded",
-            "rate_limit_error": "rate_limited",
-            "api_error": "upstream_unavailable",
-            "invalid_request_error": "invalid_request",
-            "authentication_error": "auth_failed",
-            "permission_error": "auth_failed",
-        }.get(kind, "upstream_unavailable")  # type: ignore[assignment]
-        return UpstreamError(code, str(exc.message))
+        kind = (
+            str(body.get("error", {}).get("type", ""))
+            if isinstance(body.get("error"), dict)
+            else ""
+        )
+        return UpstreamError(STREAM_ERROR_CODES.get(kind, "upstream_unavailable"), str(exc.message))
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError | httpx2.StreamError):
         return UpstreamError("upstream_unavailable", f"connection to the model failed: {exc}")
     return UpstreamError("internal", f"{type(exc).__name__}: {exc}")

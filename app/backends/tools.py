@@ -42,7 +42,9 @@ class Tool:
         try:
             args = self.arguments.model_validate(raw_input if raw_input is not None else {})
         except ValidationError as exc:
-            raise ToolError(f"invalid input for {self.name}: {exc.errors(include_url=False)}") from exc
+            raise ToolError(
+                f"invalid input for {self.name}: {exc.errors(include_url=False)}"
+            ) from exc
         kwargs = {name: getattr(args, name) for name in type(args).model_fields}
         try:
             if inspect.iscoroutinefunction(self.func):
@@ -75,7 +77,7 @@ class ToolRegistry:
                     raise TypeError(f"tool {tool_name}: parameter {param.name} needs a type")
                 default = ... if param.default is inspect.Parameter.empty else param.default
                 fields[param.name] = (param.annotation, default)
-            model = create_model(  # type: ignore[call-overload]
+            model = create_model(
                 f"{tool_name}_input", __config__=ConfigDict(extra="forbid"), **fields
             )
             self._tools[tool_name] = Tool(tool_name, doc.splitlines()[0], f, model)

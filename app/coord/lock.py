@@ -1,4 +1,4 @@
-"""A lease in Redis: `SET NX PX` with an owner token, refreshed and released by Lua compare-and-set."""
+"""A lease in Redis: `SET NX PX` with an owner token; Lua compare-and-set refresh and release."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ return 0
 class Lease:
     """Exclusive ownership of `key` for `ttl_ms`, kept alive by `refresh()`."""
 
-    def __init__(self, redis: Redis | RedisCluster, key: str, ttl_ms: int, owner: str | None = None) -> None:
+    def __init__(
+        self, redis: Redis | RedisCluster, key: str, ttl_ms: int, owner: str | None = None
+    ) -> None:
         self.redis = redis
         self.key = key
         self.ttl_ms = ttl_ms
@@ -36,12 +38,12 @@ class Lease:
 
     async def refresh(self) -> bool:
         """Extend the lease; False when it was lost (expired and maybe taken by another)."""
-        result = await self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)  # type: ignore[no-untyped-call]
+        result = await self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)
         return bool(result)
 
     async def release(self) -> bool:
         """Give the lease up if still ours."""
-        result = await self.redis.eval(_RELEASE, 1, self.key, self.token)  # type: ignore[no-untyped-call]
+        result = await self.redis.eval(_RELEASE, 1, self.key, self.token)
         return bool(result)
 
     async def holder(self) -> str | None:

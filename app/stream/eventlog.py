@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
@@ -107,11 +108,15 @@ async def read_log(
                 return
             yield None
             continue
-        for _stream, entries in reply:  # type: ignore[union-attr]
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply)
+        for _stream, entries in streams:
             for entry_id, fields in entries:
                 last_id = entry_id
-                frames = [f for f in split_frames(fields.get(FIELD_DATA, b""))
-                          if (frame_seq(f) or 0) > after_seq]
+                frames = [
+                    f
+                    for f in split_frames(fields.get(FIELD_DATA, b""))
+                    if (frame_seq(f) or 0) > after_seq
+                ]
                 if frames:
                     yield b"".join(frames)
                 if FIELD_END in fields:

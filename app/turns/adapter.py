@@ -72,8 +72,8 @@ class ChunkAdapter:
             self.open_parts[event.id] = kind
             self._content({"type": f"{kind}-start", "id": event.id})
         elif isinstance(event, TextEnd | ReasoningEnd):
-            kind = self.open_parts.pop(event.id, None)
-            if kind is None:
+            kind = self.open_parts.pop(event.id, "")
+            if not kind:
                 return
             chunk: dict[str, Any] = {"type": f"{kind}-end", "id": event.id}
             if isinstance(event, ReasoningEnd) and event.signature:
@@ -81,24 +81,52 @@ class ChunkAdapter:
             self.emit(chunk)
         elif isinstance(event, ToolCallStart):
             self.tool_names[event.call_id] = event.name
-            self._shown({"type": "tool-input-start", "toolCallId": event.call_id,
-                         "toolName": event.name, "providerExecuted": True})
+            self._shown(
+                {
+                    "type": "tool-input-start",
+                    "toolCallId": event.call_id,
+                    "toolName": event.name,
+                    "providerExecuted": True,
+                }
+            )
         elif isinstance(event, ToolCallDelta):
-            self._shown({"type": "tool-input-delta", "toolCallId": event.call_id,
-                         "inputTextDelta": event.delta})
+            self._shown(
+                {
+                    "type": "tool-input-delta",
+                    "toolCallId": event.call_id,
+                    "inputTextDelta": event.delta,
+                }
+            )
         elif isinstance(event, ToolCallReady):
-            self._shown({"type": "tool-input-available", "toolCallId": event.call_id,
-                         "toolName": event.name, "input": event.input, "providerExecuted": True})
+            self._shown(
+                {
+                    "type": "tool-input-available",
+                    "toolCallId": event.call_id,
+                    "toolName": event.name,
+                    "input": event.input,
+                    "providerExecuted": True,
+                }
+            )
         elif isinstance(event, ToolResult):
             if event.error is not None:
-                self._shown({"type": "tool-output-error", "toolCallId": event.call_id,
-                             "errorText": event.error, "providerExecuted": True})
+                self._shown(
+                    {
+                        "type": "tool-output-error",
+                        "toolCallId": event.call_id,
+                        "errorText": event.error,
+                        "providerExecuted": True,
+                    }
+                )
             else:
-                self._shown({"type": "tool-output-available", "toolCallId": event.call_id,
-                             "output": event.output, "providerExecuted": True})
-        elif isinstance(event, StepStart):
-            self.end_step()
-        elif isinstance(event, StepEnd):
+                self._shown(
+                    {
+                        "type": "tool-output-available",
+                        "toolCallId": event.call_id,
+                        "output": event.output,
+                        "providerExecuted": True,
+                    }
+                )
+        elif isinstance(event, StepStart | StepEnd):
             self.end_step()
         elif isinstance(event, UsageReport):
             self.usage.add(event.usage)

@@ -56,9 +56,13 @@ class ReplyAssembler:
             tool = self._tools[chunk["toolCallId"]]
             tool.update(state="input-available", input=chunk["input"])
         elif kind == "tool-output-available":
-            self._tools[chunk["toolCallId"]].update(state="output-available", output=chunk["output"])
+            self._tools[chunk["toolCallId"]].update(
+                state="output-available", output=chunk["output"]
+            )
         elif kind == "tool-output-error":
-            self._tools[chunk["toolCallId"]].update(state="output-error", errorText=chunk["errorText"])
+            self._tools[chunk["toolCallId"]].update(
+                state="output-error", errorText=chunk["errorText"]
+            )
         elif kind.startswith("data-") and not chunk.get("transient"):
             self._parts.append({"type": kind, "id": chunk.get("id"), "data": chunk["data"]})
 

@@ -37,4 +37,4 @@ class RetryPolicy:
             wait = max(wait, retry_after_s)
         if elapsed_s + wait > self.max_total_s:
             return None
-        return wait
+        return float(wait)

@@ -26,13 +26,13 @@ from app.backends.events import Backend, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
 from app.observability import metrics
-from app.stream import chunks
-from app.stream.eventlog import EventLogWriter
-from app.stream.sse import DONE, PING, frame
 from app.store.messages import MessageRepository
 from app.store.sessions import SessionRepository
 from app.store.turns import TurnRepository
 from app.store.usage import Usage
+from app.stream import chunks
+from app.stream.eventlog import EventLogWriter
+from app.stream.sse import DONE, PING, frame
 from app.turns.adapter import ChunkAdapter
 from app.turns.reply import ReplyAssembler
 from app.turns.retry import RetryPolicy
@@ -168,8 +168,9 @@ class TurnRunner:
             await self._attempts()
         except asyncio.CancelledError:
             reason = self.stop_reason or "interrupted"
-            self.outcome = TurnOutcome(status="stopped" if reason == "stopped" else "interrupted",
-                                       finish_reason="other")
+            self.outcome = TurnOutcome(
+                status="stopped" if reason == "stopped" else "interrupted", finish_reason="other"
+            )
             self.adapter.end_step()
             if reason != "stopped":
                 self._fail(UpstreamError("upstream_unavailable", "the server shut down mid-reply"))
@@ -214,17 +215,24 @@ class TurnRunner:
                     return
                 metrics.UPSTREAM_RETRIES.labels(error.code).inc()
                 log.info("turn %s: %s, retrying in %.2fs", self.turn_id, error.code, delay)
-                self._emit(chunks.data_status("retrying", attempt=number + 1, code=error.code,
-                                              delay_s=round(delay, 3)))
+                self._emit(
+                    chunks.data_status(
+                        "retrying", attempt=number + 1, code=error.code, delay_s=round(delay, 3)
+                    )
+                )
                 await asyncio.sleep(delay)
 
     def _fail(self, error: UpstreamError) -> None:
-        """End with `data-error`, the usage so far, then `error` (the AI SDK stops reading there)."""
-        self.outcome.status = "failed" if self.outcome.status == "completed" else self.outcome.status
+        """End with `data-error`, the usage so far, then `error` (where the AI SDK stops)."""
+        self.outcome.status = (
+            "failed" if self.outcome.status == "completed" else self.outcome.status
+        )
         self.outcome.finish_reason = "error"
         self.outcome.error = error
         retry_after = error.retry_after_s if error.retryable else None
-        self._emit(chunks.data_error(error.code, error.public_message, error.retryable, retry_after))
+        self._emit(
+            chunks.data_error(error.code, error.public_message, error.retryable, retry_after)
+        )
         self._emit(chunks.message_metadata(self._metadata()))
         self._emit(chunks.error(f"{error.code}: {error.public_message}"))
 
@@ -252,8 +260,10 @@ class TurnRunner:
             try:
                 async with self.services.sessions() as db:
                     await MessageRepository(db).write_reply(
-                        self.session_id, self.assistant_message_id,
-                        parts=self.reply.parts(), status="streaming",
+                        self.session_id,
+                        self.assistant_message_id,
+                        parts=self.reply.parts(),
+                        status="streaming",
                     )
                     await db.commit()
             except Exception as exc:  # the final write will try again
@@ -277,7 +287,8 @@ class TurnRunner:
         error = self.outcome.error
         ttft = (
             int((self.first_visible_at - self.started_at) / timedelta(milliseconds=1))
-            if self.first_visible_at else None
+            if self.first_visible_at
+            else None
         )
         message_status = {"completed": "complete", "failed": "error"}.get(
             self.outcome.status, self.outcome.status
@@ -287,11 +298,17 @@ class TurnRunner:
             try:
                 async with self.services.sessions() as db:
                     await MessageRepository(db).write_reply(
-                        self.session_id, self.assistant_message_id,
-                        parts=self.reply.parts(), status=message_status,
-                        metadata={"turnId": self.turn_id, "model": self.request.model,
-                                  "usage": usage.as_dict(), "costUsd": float(self.cost),
-                                  "finishReason": self.outcome.finish_reason},
+                        self.session_id,
+                        self.assistant_message_id,
+                        parts=self.reply.parts(),
+                        status=message_status,
+                        metadata={
+                            "turnId": self.turn_id,
+                            "model": self.request.model,
+                            "usage": usage.as_dict(),
+                            "costUsd": float(self.cost),
+                            "finishReason": self.outcome.finish_reason,
+                        },
                     )
                     turns = TurnRepository(db)
                     await turns.update(
@@ -304,7 +321,9 @@ class TurnRunner:
                         first_token_at=self.first_visible_at,
                         finished_at=finished_at,
                         ttft_ms=ttft,
-                        duration_ms=int((finished_at - self.started_at) / timedelta(milliseconds=1)),
+                        duration_ms=int(
+                            (finished_at - self.started_at) / timedelta(milliseconds=1)
+                        ),
                         input_tokens=usage.input_tokens,
                         output_tokens=usage.output_tokens,
                         cache_read_tokens=usage.cache_read_tokens,
@@ -313,8 +332,11 @@ class TurnRunner:
                     )
                     for attempt in self.attempts:
                         await turns.record_attempt(
-                            self.turn_uuid, attempt.number, attempt.context_rung,
-                            attempt.started_at, attempt.finished_at or finished_at,
+                            self.turn_uuid,
+                            attempt.number,
+                            attempt.context_rung,
+                            attempt.started_at,
+                            attempt.finished_at or finished_at,
                             attempt.error_code,
                         )
                     sessions = SessionRepository(db)
@@ -339,7 +361,8 @@ class TurnRunner:
         changed.set()
         metrics.TURNS_ACTIVE.dec()
         metrics.TURNS_FINISHED.labels(
-            self.services.backend.name, self.outcome.status,
+            self.services.backend.name,
+            self.outcome.status,
             self.outcome.error.code if self.outcome.error else "",
         ).inc()
         if self.first_visible_at is not None:

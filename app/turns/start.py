@@ -85,8 +85,12 @@ async def _place_user_message(
     existing = await messages.by_message_id(order.session_id, message_id)
     if existing is None:
         await messages.append(
-            order.session_id, message_id=message_id, role="user", parts=order.user_parts,
-            metadata=order.user_metadata, turn_id=turn_id,
+            order.session_id,
+            message_id=message_id,
+            role="user",
+            parts=order.user_parts,
+            metadata=order.user_metadata,
+            turn_id=turn_id,
         )
         return message_id
     return await _answer_again(messages, existing, last)
@@ -128,13 +132,22 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
             user_message_id = await _place_user_message(messages, order, turn_id)
             history = [as_ui_message(m) for m in await messages.history(order.session_id)]
             await messages.append(
-                order.session_id, message_id=assistant_id, role="assistant", parts=[],
-                status="streaming", turn_id=turn_id,
+                order.session_id,
+                message_id=assistant_id,
+                role="assistant",
+                parts=[],
+                status="streaming",
+                turn_id=turn_id,
             )
             await TurnRepository(db).create(
-                id=turn_id, session_id=order.session_id, user_message_id=user_message_id,
-                assistant_message_id=assistant_id, trigger=order.trigger, status="running",
-                backend=ctx.services.backend.name, model=settings.anthropic.model,
+                id=turn_id,
+                session_id=order.session_id,
+                user_message_id=user_message_id,
+                assistant_message_id=assistant_id,
+                trigger=order.trigger,
+                status="running",
+                backend=ctx.services.backend.name,
+                model=settings.anthropic.model,
                 replica_id=ctx.replica_id,
             )
             await sessions.set_active_turn(order.session_id, turn_id)
@@ -152,8 +165,11 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
         max_tokens=settings.anthropic.max_tokens,
     )
     runner = TurnRunner(
-        ctx.services, request, assistant_message_id=assistant_id,
-        events_key=state.keys.turn_events(order.session_id, str(turn_id)), lease=lease,
+        ctx.services,
+        request,
+        assistant_message_id=assistant_id,
+        events_key=state.keys.turn_events(order.session_id, str(turn_id)),
+        lease=lease,
     )
     ctx.registry.add(runner)
     runner.start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,7 +114,8 @@ def test_a_text_reply_streams_and_is_stored(http: httpx.Client) -> None:
     turn = turns(http, sid)[0]
     assert turn["status"] == "completed"
     assert turn["usage"]["output_tokens"] == 40
-    assert turn["ttft_ms"] is not None and turn["duration_ms"] >= turn["ttft_ms"]
+    assert turn["ttft_ms"] is not None
+    assert turn["duration_ms"] >= turn["ttft_ms"]
     assert float(turn["usage"]["cost_usd"]) == pytest.approx(finish["messageMetadata"]["costUsd"])
     session = http.get(f"/api/v1/sessions/{sid}").json()
     assert session["status"] == "idle"
@@ -138,7 +138,8 @@ def test_thinking_streams_as_reasoning_and_keeps_its_signature(http: httpx.Clien
     assert end["providerMetadata"]["anthropic"]["signature"]
     stored = messages(http, sid)[1]["parts"]
     reasoning = [p for p in stored if p["type"] == "reasoning"]
-    assert reasoning and reasoning[0]["text"]
+    assert reasoning
+    assert reasoning[0]["text"]
 
 
 def test_a_tool_call_streams_input_and_output_then_text(http: httpx.Client) -> None:
@@ -172,7 +173,8 @@ def test_the_second_turn_sends_the_history_with_tool_calls(
     result = chat(http, sid, marker)
     assert_well_formed(result)
     request = next(
-        r for r in reversed(fake.requests("/v1/messages"))
+        r
+        for r in reversed(fake.requests("/v1/messages"))
         if marker in str(r["json"]["messages"][-1])
     )
     sent = request["json"]["messages"]
@@ -204,12 +206,24 @@ def test_a_retried_post_with_the_same_message_id_does_not_duplicate_it(http: htt
 def test_regenerate_replaces_the_last_assistant_reply(http: httpx.Client) -> None:
     sid = new_session()
     user = ui_message("[[fake:text tokens=5]]")
-    first = stream(http, "POST", "/api/v1/chat",
-                   json={"id": sid, "messages": [user], "trigger": "submit-message"})
+    first = stream(
+        http,
+        "POST",
+        "/api/v1/chat",
+        json={"id": sid, "messages": [user], "trigger": "submit-message"},
+    )
     old_id = first.chunks[0]["messageId"]
-    again = stream(http, "POST", "/api/v1/chat", json={
-        "id": sid, "messages": [user], "trigger": "regenerate-message", "messageId": old_id,
-    })
+    again = stream(
+        http,
+        "POST",
+        "/api/v1/chat",
+        json={
+            "id": sid,
+            "messages": [user],
+            "trigger": "regenerate-message",
+            "messageId": old_id,
+        },
+    )
     assert_well_formed(again)
     stored = messages(http, sid)
     assert [m["role"] for m in stored] == ["user", "assistant"]
@@ -221,10 +235,15 @@ def test_regenerating_an_older_message_is_409(http: httpx.Client) -> None:
     sid = new_session()
     first = chat(http, sid, "one")
     chat(http, sid, "two")
-    response = http.post("/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("x")], "trigger": "regenerate-message",
-        "messageId": first.chunks[0]["messageId"],
-    })
+    response = http.post(
+        "/api/v1/chat",
+        json={
+            "id": sid,
+            "messages": [ui_message("x")],
+            "trigger": "regenerate-message",
+            "messageId": first.chunks[0]["messageId"],
+        },
+    )
     assert response.status_code == 409
 
 
@@ -323,7 +342,8 @@ def test_the_tool_loop_stops_at_max_tool_rounds(
     finally:
         fake.reset()
     assert_well_formed(result)
-    assert result.error is not None and result.error["code"] == "tool_loop_limit"
+    assert result.error is not None
+    assert result.error["code"] == "tool_loop_limit"
     assert len(result.of("tool-output-available")) == 2
 
 
@@ -339,9 +359,17 @@ def test_heartbeats_are_comments_while_the_upstream_is_silent(http: httpx.Client
 
 def test_a_second_turn_while_one_runs_is_409(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with served.client() as other, other.stream("POST", "/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("[[fake:text tokens=100 rate=50]]")],
-    }) as running:
+    with (
+        served.client() as other,
+        other.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "messages": [ui_message("[[fake:text tokens=100 rate=50]]")],
+            },
+        ) as running,
+    ):
         assert running.status_code == 200
         response = http.post("/api/v1/chat", json={"id": sid, "messages": [ui_message("x")]})
         assert response.status_code == 409
@@ -351,9 +379,17 @@ def test_a_second_turn_while_one_runs_is_409(http: httpx.Client, served: Served)
 
 def test_stop_ends_the_turn_and_keeps_what_was_said(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with served.client() as other, other.stream("POST", "/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("[[fake:text tokens=500 rate=50]]")],
-    }) as running:
+    with (
+        served.client() as other,
+        other.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "messages": [ui_message("[[fake:text tokens=500 rate=50]]")],
+            },
+        ) as running,
+    ):
         lines = running.iter_lines()
         read_until(lines, '"text-delta"')
         assert http.post(f"/api/v1/chat/{sid}/stop").status_code == 202
@@ -368,9 +404,17 @@ def test_stop_ends_the_turn_and_keeps_what_was_said(http: httpx.Client, served: 
 
 def test_a_client_disconnect_does_not_end_the_turn(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with served.client() as other, other.stream("POST", "/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("[[fake:text tokens=30 rate=60]]")],
-    }) as running:
+    with (
+        served.client() as other,
+        other.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "messages": [ui_message("[[fake:text tokens=30 rate=60]]")],
+            },
+        ) as running,
+    ):
         next(running.iter_lines())
     turn = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"], 20)[0]
     assert turn["status"] == "completed"
@@ -379,10 +423,18 @@ def test_a_client_disconnect_does_not_end_the_turn(http: httpx.Client, served: S
 
 def test_on_disconnect_cancel_stops_the_turn(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with served.client() as other, other.stream("POST", "/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("[[fake:text tokens=300 rate=50]]")],
-        "on_disconnect": "cancel",
-    }) as running:
+    with (
+        served.client() as other,
+        other.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "messages": [ui_message("[[fake:text tokens=300 rate=50]]")],
+                "on_disconnect": "cancel",
+            },
+        ) as running,
+    ):
         lines = running.iter_lines()
         read_until(lines, '"text-delta"')
     turn = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"], 20)[0]
@@ -392,9 +444,17 @@ def test_on_disconnect_cancel_stops_the_turn(http: httpx.Client, served: Served)
 def test_resume_replays_the_running_turn_from_start(http: httpx.Client, served: Served) -> None:
     sid = new_session()
     assert http.get(f"/api/v1/chat/{sid}/stream").status_code == 404
-    with served.client() as other, other.stream("POST", "/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("[[fake:text tokens=60 rate=120]]")],
-    }) as running:
+    with (
+        served.client() as other,
+        other.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "messages": [ui_message("[[fake:text tokens=60 rate=120]]")],
+            },
+        ) as running,
+    ):
         original = StreamResult(200, running.headers, [], [], 0, False)
         resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream")
         original.body = running.read()
@@ -405,13 +465,20 @@ def test_resume_replays_the_running_turn_from_start(http: httpx.Client, served: 
 
 def test_resume_after_last_event_id_skips_what_was_seen(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with served.client() as other, other.stream("POST", "/api/v1/chat", json={
-        "id": sid, "messages": [ui_message("[[fake:text tokens=40 rate=100]]")],
-    }) as running:
+    with (
+        served.client() as other,
+        other.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "messages": [ui_message("[[fake:text tokens=40 rate=100]]")],
+            },
+        ) as running,
+    ):
         lines = running.iter_lines()
         read_until(lines, '"text-delta"')
-        resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream",
-                         headers={"Last-Event-ID": "2"})
+        resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream", headers={"Last-Event-ID": "2"})
     assert resumed.status == 200, (resumed.status, resumed.body)
     assert resumed.ids[0] == 3
     assert resumed.chunks[-1]["type"] == "finish"
@@ -435,18 +502,39 @@ def test_a_title_is_generated_after_the_first_message(http: httpx.Client) -> Non
         ({"id": "bad-3", "message": "x" * (MAX_CHARS + 1)}, 413),
         ({"id": "bad-4", "message": "hi", "trigger": "resubmit"}, 422),
         ({"id": "bad-5", "messages": [{"id": "m", "role": "user", "parts": [{"text": "x"}]}]}, 422),
-        ({"id": "bad-6", "messages": [{"id": "m", "role": "user", "parts": [{"type": "text"}]}]}, 422),
+        (
+            {"id": "bad-6", "messages": [{"id": "m", "role": "user", "parts": [{"type": "text"}]}]},
+            422,
+        ),
         ({"id": "bad-7", "messages": [{"id": "m", "role": "user", "parts": "text"}]}, 422),
-        ({"id": "bad-8", "messages": [{"id": "m", "role": "assistant",
-                                       "parts": [{"type": "text", "text": "hi"}]}]}, 422),
+        (
+            {
+                "id": "bad-8",
+                "messages": [
+                    {"id": "m", "role": "assistant", "parts": [{"type": "text", "text": "hi"}]}
+                ],
+            },
+            422,
+        ),
         ({"id": "bad 9", "message": "hi"}, 422),
         ({"message": "hi"}, 422),
         ({"id": "bad-10"}, 422),
         ({"id": "bad-11", "message": "hi", "on_conflict": "whatever"}, 422),
     ],
-    ids=["empty", "whitespace", "too-long", "unknown-trigger", "part-without-type",
-         "text-part-without-text", "parts-not-a-list", "last-not-user", "bad-id", "no-id",
-         "no-message", "bad-on-conflict"],
+    ids=[
+        "empty",
+        "whitespace",
+        "too-long",
+        "unknown-trigger",
+        "part-without-type",
+        "text-part-without-text",
+        "parts-not-a-list",
+        "last-not-user",
+        "bad-id",
+        "no-id",
+        "no-message",
+        "bad-on-conflict",
+    ],
 )
 def test_bad_chat_input_is_rejected_before_anything_is_stored(
     http: httpx.Client, body: dict[str, Any], status: int
