@@ -1,0 +1,167 @@
+"""What survives when things go wrong on purpose: a killed server, a stuck client, a slow reply."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
+from tests.serving import Served, assert_well_formed, serve, stream, wait_until
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstreamHandle]:
+    with running_fake_upstream() as handle:
+        yield handle
+
+
+def _env(
+    fake: FakeUpstreamHandle, database_url: str, redis_url: str, **extra: str
+) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "ANTHROPIC_BASE_URL": fake.base_url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
+        "COPILOT_TITLE_GENERATION": "0",
+        **extra,
+    }
+
+
+def _query(database_url: str, sql: str, **params: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(text(sql), params)).all())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _assistant_rows(database_url: str, session_id: str) -> list[Any]:
+    return _query(
+        database_url,
+        "SELECT status, parts FROM chat_messages WHERE session_id = :s AND role = 'assistant' "
+        "ORDER BY seq",
+        s=session_id,
+    )
+
+
+def _text_of(parts: list[dict[str, Any]]) -> str:
+    return "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+
+
+def _start_turn(served: Served, session_id: str, directive: str) -> socket.socket:
+    """Send a chat request on a raw socket and leave the answer unread."""
+    body = orjson.dumps({"id": session_id, "message": directive})
+    host, port = served.base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    return sock
+
+
+def test_the_partial_reply_reaches_postgres_while_streaming(
+    fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _env(fake, database_url, redis_url, COPILOT_FLUSH_INTERVAL_S="0.3")
+    sid = f"flush-{uuid.uuid4().hex[:8]}"
+    with serve(env, tmp_path) as served:
+        sock = _start_turn(served, sid, "[[fake:text tokens=200 rate=40]]")
+        try:
+            rows = wait_until(
+                lambda: [
+                    r
+                    for r in _assistant_rows(database_url, sid)
+                    if r.status == "streaming" and _text_of(r.parts)
+                ],
+                timeout=10,
+            )
+            assert 0 < len(_text_of(rows[0].parts).split()) < 200
+        finally:
+            sock.close()
+
+
+def test_a_killed_server_keeps_the_partial_reply_and_frees_the_session(
+    fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _env(
+        fake, database_url, redis_url, COPILOT_FLUSH_INTERVAL_S="0.2", COPILOT_LEASE_TTL_S="1"
+    )
+    sid = f"kill-{uuid.uuid4().hex[:8]}"
+    with serve(env, tmp_path) as served:
+        sock = _start_turn(served, sid, "[[fake:text tokens=400 rate=50]]")
+        wait_until(lambda: any(_text_of(r.parts) for r in _assistant_rows(database_url, sid)), 10)
+        served.proc.send_signal(signal.SIGKILL)
+        served.proc.wait(10)
+        sock.close()
+    partial = _text_of(_assistant_rows(database_url, sid)[0].parts)
+    assert partial, "what was flushed before the kill is kept"
+
+    with serve(env, tmp_path) as again, again.client() as http:
+
+        def next_turn() -> Any:
+            result = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": "again"})
+            return result if result.status == 200 else None
+
+        result = wait_until(next_turn, timeout=15, interval=0.2)
+        assert_well_formed(result)
+        turns = http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
+        assert [t["status"] for t in turns] == ["interrupted", "completed"]
+        history = http.get(f"/api/v1/sessions/{sid}/messages").json()["messages"]
+        assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+        assert _text_of(history[1]["parts"]) == partial
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
+    fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _env(fake, database_url, redis_url, COPILOT_SEND_TIMEOUT_S="1")
+    sid = f"stuck-{uuid.uuid4().hex[:8]}"
+    with serve(env, tmp_path) as served, served.client() as http:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = served.base_url.removeprefix("http://").split(":")
+        sock.connect((host, int(port)))
+        body = orjson.dumps({"id": sid, "message": "[[fake:text tokens=100000 rate=0]]"})
+        sock.sendall(
+            b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            + b"content-length: %d\r\n\r\n" % len(body)
+            + body
+        )
+
+        def streams_active() -> float:
+            metrics = http.get("/metrics").text
+            line = next(
+                ln for ln in metrics.splitlines() if ln.startswith("copilot_streams_active ")
+            )
+            return float(line.split()[1])
+
+        wait_until(lambda: streams_active() == 1, timeout=10)
+        wait_until(lambda: streams_active() == 0, timeout=20)
+        turn = wait_until(
+            lambda: [
+                t
+                for t in http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
+                if t["status"] != "running"
+            ],
+            timeout=30,
+        )[0]
+        assert turn["status"] == "completed", "the turn outlives its stuck consumer"
+        sock.close()
