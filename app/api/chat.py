@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Path, Response
 from pydantic import (
     BaseModel,
@@ -126,20 +128,43 @@ def _turns(state: AppState) -> TurnContext:
 
 
 def _stream(
-    state: AppState, frames: AsyncIterator[bytes], on_close: Any = None
+    state: AppState,
+    frames: AsyncIterator[bytes],
+    on_close: Callable[[], None] | None = None,
+    runner: TurnRunner | None = None,
 ) -> EventSourceResponse:
+    """The SSE response of a consumer.
+
+    When the server begins to shut down, sse-starlette sets `shutdown`; the turn being read is
+    then interrupted at once, so the client still gets its `data-error`, `finish` and
+    `[DONE]` (within the grace period) instead of a cut connection.
+    """
+    shutdown = anyio.Event()
+
+    async def interrupt_on_shutdown() -> None:
+        await shutdown.wait()
+        if runner is not None:
+            runner.stop("shutdown")
+
     async def body() -> AsyncIterator[bytes]:
         metrics.STREAMS_ACTIVE.inc()
+        watcher = asyncio.create_task(interrupt_on_shutdown())
         try:
             async for chunk in frames:
                 yield chunk
         finally:
+            watcher.cancel()
             metrics.STREAMS_ACTIVE.dec()
             if on_close is not None:
                 on_close()
 
     return EventSourceResponse(
-        body(), headers=HEADERS, ping=0, send_timeout=state.settings.turns.send_timeout_s
+        body(),
+        headers=HEADERS,
+        ping=0,
+        send_timeout=state.settings.turns.send_timeout_s,
+        shutdown_event=shutdown,
+        shutdown_grace_period=max(0.5, state.settings.server.graceful_shutdown_s / 2),
     )
 
 
@@ -162,7 +187,7 @@ async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> EventSo
         if body.on_disconnect == "cancel" and not runner.done:
             runner.stop("stopped")
 
-    return _stream(state, runner.frames_from(0, heartbeat), on_close)
+    return _stream(state, runner.frames_from(0, heartbeat), on_close, runner)
 
 
 async def _replay_log(
@@ -194,7 +219,7 @@ async def resume(
     heartbeat = state.settings.turns.heartbeat_s
     runner: TurnRunner | None = _turns(state).registry.for_session(session_id)
     if runner is not None and not runner.done:
-        return _stream(state, runner.frames_from(start + 1, heartbeat))
+        return _stream(state, runner.frames_from(start + 1, heartbeat), runner=runner)
     if session.active_turn_id is None:
         return Response(status_code=204)
     key = state.keys.turn_events(session_id, str(session.active_turn_id))

@@ -179,6 +179,7 @@ class AnthropicBackend:
     ) -> AsyncIterator[AgentEvent | str]:
         """One model call; yields events, then its stop reason as a plain string."""
         usage = Usage()
+        reported = Usage()  # what was already reported: usage is billed as it becomes known
         stop_reason: str | None = None
         by_index: dict[int, _Block] = {}
         prefix = f"{request.turn_id[:8]}-{round_no}"
@@ -239,6 +240,7 @@ class AnthropicBackend:
                         usage.cache_read_tokens = u.cache_read_input_tokens or 0
                         usage.cache_write_tokens = u.cache_creation_input_tokens or 0
                         usage.output_tokens = u.output_tokens or 0
+                        yield _report(usage, reported, request.model)
                     elif kind == "message_delta":
                         stop_reason = event.delta.stop_reason
                         u2 = event.usage
@@ -249,15 +251,26 @@ class AnthropicBackend:
                             usage.cache_read_tokens = u2.cache_read_input_tokens or 0
                         if getattr(u2, "cache_creation_input_tokens", None):
                             usage.cache_write_tokens = u2.cache_creation_input_tokens or 0
+                        yield _report(usage, reported, request.model)
         except Exception as exc:
             failure: UpstreamError | None = classify(exc)
         else:
             failure = None
-        if usage.input_tokens or usage.output_tokens:
-            yield UsageReport(usage, request.model)
         if failure is not None:
             raise failure
         yield stop_reason or "end_turn"
+
+
+def _report(usage: Usage, reported: Usage, model: str) -> UsageReport:
+    """The usage not reported yet (the API's counters are cumulative within a message)."""
+    delta = Usage(
+        input_tokens=usage.input_tokens - reported.input_tokens,
+        output_tokens=usage.output_tokens - reported.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens - reported.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens - reported.cache_write_tokens,
+    )
+    reported.add(delta)
+    return UsageReport(delta, model)
 
 
 def _assistant_content(blocks: list[_Block]) -> list[dict[str, Any]]:

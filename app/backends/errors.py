@@ -20,6 +20,7 @@ ErrorCode = Literal[
     "prompt_too_long",
     "max_output_tokens",
     "tool_loop_limit",
+    "interrupted",
     "internal",
 ]
 
@@ -32,7 +33,9 @@ STREAM_ERROR_CODES: dict[str, ErrorCode] = {
     "permission_error": "auth_failed",
 }
 
-RETRYABLE: frozenset[str] = frozenset({"rate_limited", "overloaded", "upstream_unavailable"})
+RETRYABLE: frozenset[str] = frozenset(
+    {"rate_limited", "overloaded", "upstream_unavailable", "interrupted"}
+)
 
 MESSAGES: dict[str, str] = {
     "rate_limited": "The model provider is rate limiting requests; try again shortly.",
@@ -44,6 +47,7 @@ MESSAGES: dict[str, str] = {
     "prompt_too_long": "The conversation is too long for the model's context window.",
     "max_output_tokens": "The reply reached the maximum output length.",
     "tool_loop_limit": "The agent used too many tool rounds and was stopped.",
+    "interrupted": "The server stopped in the middle of this reply; send the message again.",
     "internal": "An internal error ended the reply.",
 }
 

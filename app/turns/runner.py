@@ -173,7 +173,7 @@ class TurnRunner:
             )
             self.adapter.end_step()
             if reason != "stopped":
-                self._fail(UpstreamError("upstream_unavailable", "the server shut down mid-reply"))
+                self._fail(UpstreamError("interrupted", "the server shut down mid-reply"))
         except Exception as exc:
             log.exception("turn %s failed unexpectedly", self.turn_id)
             self.adapter.end_step()

@@ -165,3 +165,39 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
         )[0]
         assert turn["status"] == "completed", "the turn outlives its stuck consumer"
         sock.close()
+
+
+def test_sigterm_mid_turn_ends_the_stream_cleanly_and_records_the_interruption(
+    fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _env(fake, database_url, redis_url)
+    sid = f"term-{uuid.uuid4().hex[:8]}"
+    with serve(env, tmp_path) as served, served.client() as http:
+        with http.stream(
+            "POST",
+            "/api/v1/chat",
+            json={
+                "id": sid,
+                "message": "[[fake:text tokens=400 rate=40]]",
+            },
+        ) as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if '"text-delta"' in line:
+                    break
+            served.proc.send_signal(signal.SIGTERM)
+            rest = "\n".join(lines)
+        assert served.proc.wait(30) == 0
+    assert '"code":"interrupted"' in rest
+    assert '"retryable":true' in rest
+    assert rest.rstrip().endswith("data: [DONE]")
+    status, input_tokens = _query(
+        database_url,
+        "SELECT status, input_tokens + cache_write_tokens FROM turns WHERE session_id = :s",
+        s=sid,
+    )[0]
+    assert status == "interrupted"
+    assert input_tokens > 0, "input billed even though the reply was cut"
+    rows = _assistant_rows(database_url, sid)
+    assert rows[0].status == "interrupted"
+    assert _text_of(rows[0].parts)
