@@ -75,12 +75,17 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.turns.titles import TitleWriter
 
     settings = state.settings
+    if settings.turns.backend != "anthropic":
+        raise RuntimeError(
+            f"COPILOT_BACKEND={settings.turns.backend} is not available yet: use 'anthropic'"
+        )
     async with contextlib.AsyncExitStack() as stack:
         base_url = settings.anthropic.base_url
         if settings.anthropic.simulated:
-            from app.devtools.fake_upstream import fake_upstream_task
+            from app.devtools.fake_upstream import FakeUpstreamConfig, fake_upstream_task
 
-            fake = await stack.enter_async_context(fake_upstream_task())
+            demo = FakeUpstreamConfig(default_rate=60)
+            fake = await stack.enter_async_context(fake_upstream_task(config=demo))
             base_url = fake.base_url
             state.extras["fake_upstream"] = fake
             log.warning(
