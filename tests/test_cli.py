@@ -200,3 +200,30 @@ def test_configured_services_are_used_and_nothing_is_embedded(
         assert _embedded_children(served.proc.pid) == []
         assert not (tmp_path / "data" / "postgres").exists()
         assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_fake_upstream_command_answers_the_anthropic_sdk(tmp_path: Path) -> None:
+    import anthropic
+
+    port = free_port()
+    proc = subprocess.Popen([COPILOT, "fake-upstream", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=30)
+        client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="x")
+        reply = client.messages.create(
+            model="claude-haiku-4-5", max_tokens=50,
+            messages=[{"role": "user", "content": "ping [[fake:text text='pong pong']]"}],
+        )
+        assert reply.content[0].type == "text"
+        assert reply.content[0].text == "pong pong"
+        assert reply.usage.output_tokens == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
