@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import _admin
-from tests.serving import COPILOT, free_port, serve, wait_until
+from tests.serving import COPILOT, assert_well_formed, free_port, serve, stream, wait_until
 
 BARE_ENV = {"COPILOT_LOG_LEVEL": "INFO"}
 
@@ -46,9 +46,9 @@ def test_serve_with_nothing_configured_runs_on_embedded_services(tmp_path: Path)
         assert [s["title"] for s in listing] == ["Gone", "Kept"]
         assert http.get("/api/v1/sessions/kept").json()["title"] == "Kept"
         assert http.delete(f"/api/v1/sessions/{listing[0]['id']}").status_code == 204
-        reply = http.post("/api/v1/chat", json={"id": "kept", "message": "hello"})
-        assert reply.status_code == 200
-        assert "Echo: hello" in reply.text
+        reply = stream(http, "POST", "/api/v1/chat", json={"id": "kept", "message": "hello"})
+        assert_well_formed(reply)
+        assert reply.text == "Echo: hello"
         assert "SIMULATED" in served.log()
         pids = [c.pid for c in children]
         served.proc.send_signal(signal.SIGTERM)
@@ -206,9 +206,14 @@ def test_fake_upstream_command_answers_the_anthropic_sdk(tmp_path: Path) -> None
     import anthropic
 
     port = free_port()
-    proc = subprocess.Popen([COPILOT, "fake-upstream", "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [COPILOT, "fake-upstream", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def up() -> bool:
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
@@ -218,7 +223,8 @@ def test_fake_upstream_command_answers_the_anthropic_sdk(tmp_path: Path) -> None
         wait_until(up, timeout=30)
         client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="x")
         reply = client.messages.create(
-            model="claude-haiku-4-5", max_tokens=50,
+            model="claude-haiku-4-5",
+            max_tokens=50,
             messages=[{"role": "user", "content": "ping [[fake:text text='pong pong']]"}],
         )
         assert reply.content[0].type == "text"

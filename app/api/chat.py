@@ -20,15 +20,16 @@ from sse_starlette import EventSourceResponse
 
 from app.api.deps import CurrentUser, StateDep
 from app.api.schemas import SESSION_ID_PATTERN, SessionId
-from app.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
+from app.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.lifespan import AppState
 from app.observability import metrics
 from app.store.sessions import SessionRepository
 from app.stream.eventlog import read_log
 from app.stream.sse import DONE, HEADERS, PING
+from app.turns.follow import follow_persisted
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
-from app.turns.start import TurnOrder, begin_turn
+from app.turns.start import STOP_WAIT_S, TurnOrder, begin_turn
 
 router = APIRouter(prefix="/chat", tags=["chat"])
 
@@ -212,9 +213,15 @@ async def resume(
     state: StateDep,
     last_event_id: Annotated[int | None, Header(ge=-1)] = None,
 ) -> Response:
-    """Resume the active turn's stream: replay (after `Last-Event-ID`), then live; 204 if none."""
-    async with state.sessions() as db:
-        session = await SessionRepository(db).get(user.id, session_id)
+    """Resume the active turn's stream: replay (after `Last-Event-ID`), then live; 204 if none.
+
+    An unknown session is 204 too: `useChat({resume: true})` asks before its first message.
+    """
+    try:
+        async with state.sessions() as db:
+            session = await SessionRepository(db).get(user.id, session_id)
+    except NotFound:
+        return Response(status_code=204)
     start = -1 if last_event_id is None else last_event_id
     heartbeat = state.settings.turns.heartbeat_s
     runner: TurnRunner | None = _turns(state).registry.for_session(session_id)
@@ -223,9 +230,11 @@ async def resume(
     if session.active_turn_id is None:
         return Response(status_code=204)
     key = state.keys.turn_events(session_id, str(session.active_turn_id))
-    if not await state.redis.exists(key):
-        return Response(status_code=204)
-    return _stream(state, _replay_log(state, key, start, heartbeat))
+    if await state.redis.exists(key):
+        return _stream(state, _replay_log(state, key, start, heartbeat))
+    return _stream(
+        state, follow_persisted(state, session_id, session.active_turn_id, start, heartbeat)
+    )
 
 
 @router.post("/{session_id}/stop", status_code=202, responses={204: {"description": "no turn"}})
@@ -239,6 +248,10 @@ async def stop(
         session = await SessionRepository(db).get(user.id, session_id)
     runner = _turns(state).registry.for_session(session_id)
     if runner is not None and runner.stop("stopped"):
+        # Answer once the turn is persisted and the session free (bounded), so that a
+        # message sent right after the stop is not refused with 409.
+        with anyio.move_on_after(STOP_WAIT_S):
+            await runner.wait_persisted()
         return Response(status_code=202)
     if session.active_turn_id is not None:
         await state.redis.publish(state.keys.stop_channel(session_id), str(session.active_turn_id))

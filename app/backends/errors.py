@@ -136,11 +136,16 @@ def _code_for_status(status: int, message: str) -> ErrorCode:
     return "invalid_request"
 
 
+def _error_type(body: object) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("type", "")) if isinstance(error, dict) else ""
+
+
 def classify(exc: BaseException) -> UpstreamError:
     """Map an exception raised while talking to the Messages API onto the taxonomy."""
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, anthropic.APIStatusError):
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 400:
         message = _error_message(exc)
         code = _code_for_status(exc.status_code, message)
         return UpstreamError(
@@ -150,13 +155,11 @@ def classify(exc: BaseException) -> UpstreamError:
             retry_after_s=retry_after(exc.response.headers, exc.status_code),
         )
     if isinstance(exc, anthropic.APIError) and exc.body is not None:
-        # An `error` event inside an SSE stream (e.g. overloaded mid-stream).
-        body = exc.body if isinstance(exc.body, dict) else {}
-        kind = (
-            str(body.get("error", {}).get("type", ""))
-            if isinstance(body.get("error"), dict)
-            else ""
-        )
+        # An `event: error` inside a 200 stream (e.g. overloaded mid-stream): the SDK raises
+        # it with the stream's status, so the error type in the body is what counts.
+        kind = _error_type(exc.body)
+        if kind == "invalid_request_error" and "prompt is too long" in str(exc.message).lower():
+            return UpstreamError("prompt_too_long", str(exc.message))
         return UpstreamError(STREAM_ERROR_CODES.get(kind, "upstream_unavailable"), str(exc.message))
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError | httpx2.StreamError):
         return UpstreamError("upstream_unavailable", f"connection to the model failed: {exc}")

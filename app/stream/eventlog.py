@@ -26,6 +26,19 @@ FIELD_DATA = b"d"
 FIELD_END = b"e"
 
 
+# After this many failed flushes in a row (about 10 s at the default window) queued frames
+# are dropped rather than kept in memory without end; replicas then resume from Postgres.
+MAX_FAILED_FLUSHES = 400
+
+
+async def open_log(redis: Redis | RedisCluster, key: str, ttl_s: int) -> None:
+    """Create a turn's log (an empty entry), so that it exists before anyone may resume it."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.xadd(key, {FIELD_DATA: b""})
+    pipe.expire(key, ttl_s)
+    await pipe.execute()
+
+
 @dataclass
 class _Pending:
     frames: list[bytes] = field(default_factory=list)
@@ -84,6 +97,17 @@ class EventLogWriter:
             self._failures += 1
             if self._failures == 1 or self._failures % 100 == 0:
                 log.warning("EventLog append failed (%d in a row): %s", self._failures, exc)
+            if self._failures >= MAX_FAILED_FLUSHES:
+                log.error("EventLog: dropping %d turns' queued frames", len(batch))
+                return
+            # Put the batch back in front of what came meanwhile: a log with a gap would
+            # replay a stream the AI SDK rejects.
+            for key, later in self._pending.items():
+                earlier = batch.setdefault(key, _Pending())
+                earlier.frames.extend(later.frames)
+                earlier.ended = earlier.ended or later.ended
+            self._pending = batch
+            self._wake.set()
 
     async def close(self) -> None:
         """Flush what is queued and stop."""

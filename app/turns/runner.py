@@ -110,6 +110,7 @@ class TurnRunner:
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._final_write: asyncio.Task[None] | None = None
+        self._released = asyncio.Event()
 
     # -- frames, for consumers -------------------------------------------------------------
 
@@ -356,6 +357,7 @@ class TurnRunner:
             with contextlib.suppress(Exception):
                 await self.lease.release()
         self.done = True
+        self._released.set()
         self.services.eventlog.end(self.events_key)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -371,9 +373,10 @@ class TurnRunner:
             callback(self)
 
     async def wait_persisted(self) -> None:
-        """Wait until the final write is done."""
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        if self._final_write is not None:
-            await self._final_write
+        """Wait until the final write is done and the session released."""
+        await self._released.wait()
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for and the turn has not finished yet."""
+        return self.stop_reason is not None and not self.done

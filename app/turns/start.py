@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
+
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
 from app.errors import Conflict, InvalidInput
@@ -19,12 +21,16 @@ from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository
 from app.store.turns import TurnRepository
+from app.stream.eventlog import open_log
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 
 log = logging.getLogger(__name__)
 
 Trigger = Literal["submit-message", "regenerate-message"]
+
+# How long a new turn waits for a stopping turn of the same session to write its last state.
+STOP_WAIT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -51,9 +57,11 @@ async def _take_lease(state: AppState, ctx: TurnContext, order: TurnOrder) -> Le
     if await lease.acquire():
         return lease
     running = ctx.registry.for_session(order.session_id)
-    if order.on_conflict == "interrupt" and running is not None:
+    if running is not None and (order.on_conflict == "interrupt" or running.stopping):
+        # A turn being stopped (or one we may interrupt) frees the session within moments.
         running.stop("stopped")
-        await running.wait_persisted()
+        with anyio.move_on_after(STOP_WAIT_S):
+            await running.wait_persisted()
         if await lease.acquire():
             return lease
     raise Conflict(
@@ -152,6 +160,8 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
             )
             await sessions.set_active_turn(order.session_id, turn_id)
             first_message = session.title is None and sum(m["role"] == "user" for m in history) == 1
+            events_key = state.keys.turn_events(order.session_id, str(turn_id))
+            await open_log(state.redis, events_key, settings.turns.eventlog_ttl_s)
             await db.commit()
     except BaseException:
         await lease.release()
@@ -168,7 +178,7 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
         ctx.services,
         request,
         assistant_message_id=assistant_id,
-        events_key=state.keys.turn_events(order.session_id, str(turn_id)),
+        events_key=events_key,
         lease=lease,
     )
     ctx.registry.add(runner)

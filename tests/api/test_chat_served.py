@@ -262,6 +262,7 @@ def test_regenerating_an_older_message_is_409(http: httpx.Client) -> None:
         ("[[fake:error status=500]]", "upstream_unavailable", True),
         ("[[fake:error status=529]]", "overloaded", True),
         ("[[fake:echo context=10]] " + "long " * 50, "prompt_too_long", False),
+        ("[[fake:error status=529 after=2]]", "overloaded", True),
     ],
 )
 def test_each_upstream_error_ends_the_turn_with_its_code(
@@ -322,6 +323,19 @@ def test_a_drop_after_visible_output_ends_with_a_retryable_error_and_keeps_the_p
     texts = [p["text"] for p in stored["parts"] if p["type"] == "text"]
     assert texts == [result.text]
     assert stored["parts"][-1]["type"] == "data-error"
+    assert turns(http, sid)[0]["attempts"] == 1
+
+
+def test_a_mid_stream_error_event_after_visible_output_is_retryable_and_not_retried(
+    http: httpx.Client,
+) -> None:
+    sid = new_session()
+    result = chat(http, sid, "[[fake:error status=500 after=6 tokens=50]]")
+    assert_well_formed(result)
+    assert result.text
+    assert result.error is not None
+    assert result.error["code"] == "upstream_unavailable"
+    assert result.error["retryable"] is True
     assert turns(http, sid)[0]["attempts"] == 1
 
 
@@ -443,7 +457,7 @@ def test_on_disconnect_cancel_stops_the_turn(http: httpx.Client, served: Served)
 
 def test_resume_replays_the_running_turn_from_start(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    assert http.get(f"/api/v1/chat/{sid}/stream").status_code == 404
+    assert http.get(f"/api/v1/chat/{sid}/stream").status_code == 204, "unknown session"
     with (
         served.client() as other,
         other.stream(

@@ -6,10 +6,13 @@
 //   BASE_URL=http://127.0.0.1:8000 node tests/e2e/chat-client.mjs
 //
 // env: BASE_URL (default http://127.0.0.1:8000), AUTH_TOKEN (sent as `Authorization: Bearer`),
-//      AI_VERSIONS (default ai5,ai6,ai7), SCENARIO (default all = text,tool,error,resume; or a
-//      comma list), SCENARIO_TIMEOUT_MS (default 60000), DEBUG=1 (raw SSE of every stream on
-//      stderr), WIRE_CHECKS=0 (skip the wire-contract audit: only what the SDK itself rejects
-//      and the scenario checks count; for telling the two kinds of failure apart).
+//      AI_VERSIONS (default ai5,ai6,ai7), SCENARIO (default all = text,tool,error,regenerate,
+//      resume,resume-live; or a comma list), SCENARIO_TIMEOUT_MS (default 60000), DEBUG=1 (raw SSE of
+//      every stream on stderr), WIRE_CHECKS=0 (skip the wire-contract audit: only what the SDK
+//      itself rejects and the scenario checks count; for telling the two kinds of failure
+//      apart), IDLE_RESUME (default 204: resuming a chat with no running turn must answer 204,
+//      as design.md says; `any` also accepts a 200 replay of the last turn, which the SDK
+//      handles as well).
 // Prints `ok <version> <scenario>` or `FAIL <version> <scenario>: <why>` per pair, then
 // `N passed, M failed` alone on a line; exits 1 when anything failed.
 
@@ -24,6 +27,10 @@ const DIRECTIVES = {
   followUp: 'tell me more',
   tool: '[[fake:tool name=get_current_time input={}]]',
   error: '[[fake:error status=401]]',
+  // The failed message stays in the history the model sees; a directive of its own wins.
+  afterError: '[[fake:text text="Working again"]]',
+  // Long enough (60 words at 40 a second: 1.5 s) for a second chat to resume it mid-turn.
+  slow: '[[fake:text tokens=60 rate=40]]',
 };
 const TOOL_NAME = 'get_current_time';
 
@@ -31,12 +38,13 @@ const BASE_URL = (process.env.BASE_URL ?? 'http://127.0.0.1:8000').replace(/\/+$
 const API = `${BASE_URL}/api/v1/chat`;
 const AUTH_TOKEN = process.env.AUTH_TOKEN;
 const VERSIONS = (process.env.AI_VERSIONS ?? 'ai5,ai6,ai7').split(',').map((s) => s.trim()).filter(Boolean);
-const ALL_SCENARIOS = ['text', 'tool', 'error', 'resume'];
+const ALL_SCENARIOS = ['text', 'tool', 'error', 'regenerate', 'resume', 'resume-live'];
 const SCENARIO = process.env.SCENARIO ?? 'all';
 const SCENARIOS = SCENARIO === 'all' ? ALL_SCENARIOS : SCENARIO.split(',').map((s) => s.trim()).filter(Boolean);
 const TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS ?? 60000);
 const DEBUG = process.env.DEBUG === '1' || process.env.DEBUG === 'true';
 const WIRE_CHECKS = process.env.WIRE_CHECKS !== '0';
+const IDLE_RESUME = process.env.IDLE_RESUME ?? '204';
 
 class ScenarioFailure extends Error {}
 
@@ -74,6 +82,7 @@ class Run {
     this.version = version;
     this.exchanges = [];
     this.chatErrors = [];
+    this.toolCalls = [];
     this.chats = [];
   }
 
@@ -90,6 +99,11 @@ class Run {
       transport,
       state: new MemoryChatState(structuredClone(messages)),
       onError: (error) => this.chatErrors.push(error),
+      // Called by every version for tool-input-available chunks without providerExecuted:
+      // the server runs its tools itself, so this must never fire.
+      onToolCall: ({ toolCall }) => {
+        this.toolCalls.push(toolCall);
+      },
     });
     this.chats.push(chat);
     return chat;
@@ -100,6 +114,7 @@ class Run {
     await Promise.all(this.exchanges.map((x) => x.done));
     for (const x of this.exchanges) {
       const where = `${x.method} ${new URL(x.url).pathname}`;
+      if (x.readError) throw new ScenarioFailure(`the body of ${where} broke off: ${describeError(x.readError)}`);
       if (WIRE_CHECKS && x.wireProblems?.length) {
         throw new ScenarioFailure(`protocol error in ${where}: ${x.wireProblems.join('; ')}`);
       }
@@ -150,6 +165,50 @@ async function sendOk(run, chat, text) {
   return { assistant, post };
 }
 
+/** Wait for `condition()` to hold, checking every 10 ms, or fail with `message`. */
+async function waitFor(condition, message, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new ScenarioFailure(`${message} (waited ${timeoutMs} ms)`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Resume `chat` when no turn runs: 204 (or, with IDLE_RESUME=any, a harmless replay). */
+async function resumeIdle(run, chat, expected) {
+  await chat.resumeStream();
+  await Promise.all(run.exchanges.map((x) => x.done));
+  const get = run.lastExchange('GET');
+  expect(get !== undefined, `resumeStream made no GET request (${describeError(chat.error)})`);
+  expect(new URL(get.url).pathname === `${new URL(API).pathname}/${encodeURIComponent(chat.id)}/stream`,
+    `resume went to ${get.url}`);
+  const allowed = IDLE_RESUME === 'any' ? [204, 200] : [204];
+  expect(allowed.includes(get.status),
+    `GET /chat/{id}/stream with no running turn: ${answerOf(get)} (expected ${allowed.join(' or ')})`);
+  await run.settle();
+  const unexpected = run.unexpectedChatErrors();
+  expect(unexpected.length === 0, `chat error on resume: ${unexpected.map(describeError).join('; ')}`);
+  expect(chat.status === 'ready', `chat status is ${chat.status} after resume (${describeError(chat.error)})`);
+  expect(isDeepStrictEqual(shape(chat.messages), shape(expected)),
+    `resume (HTTP ${get.status}) changed the messages: ${JSON.stringify(shape(chat.messages))}`);
+}
+
+/** What a user sees of a chat: each message's id, role and text. */
+function shape(messages) {
+  return messages.map((m) => [m.id, m.role, textOf(m)]);
+}
+
+/** Where two chunk lists first differ, for failure messages. */
+function firstDifference(a, b) {
+  const n = Math.max(a.length, b.length);
+  for (let i = 0; i < n; i += 1) {
+    if (!isDeepStrictEqual(a[i], b[i])) {
+      return `#${i}: ${JSON.stringify(a[i]) ?? '(none)'} vs ${JSON.stringify(b[i]) ?? '(none)'}`;
+    }
+  }
+  return 'none';
+}
+
 function stripUndefined(value) {
   return JSON.parse(JSON.stringify(value ?? null));
 }
@@ -183,6 +242,10 @@ const scenarios = {
     const tool = assistant.parts[toolAt];
     expect(tool.state === 'output-available', `tool part state is ${tool.state}${tool.errorText ? ` (${tool.errorText})` : ''}`);
     expect(tool.output !== undefined, 'tool part has no output');
+    expect(tool.providerExecuted === true,
+      `the tool part of a server-run tool has providerExecuted ${tool.providerExecuted} (send providerExecuted: true)`);
+    expect(run.toolCalls.length === 0,
+      `onToolCall was called for ${run.toolCalls.map((c) => c.toolName).join(', ')}: the chunks lack providerExecuted: true`);
     const textAfter = assistant.parts.slice(toolAt + 1).some((p) => p.type === 'text' && p.text.length > 0);
     expect(textAfter, `no non-empty text part after the tool part (parts: ${kinds})`);
     await validateHistory(run, chat);
@@ -208,32 +271,81 @@ const scenarios = {
     expect(typeof d.code === 'string' && typeof d.message === 'string' && typeof d.retryable === 'boolean',
       `data-error data is not {code, message, retryable}: ${JSON.stringify(d)}`);
     expect(post.assembled?.parts.some((p) => p.type === 'data-error'), 'the data-error part was not kept in the message');
+    // The failed turn is over: the user's next message is answered at once.
+    const retry = await sendOk(run, chat, DIRECTIVES.afterError);
+    expect(textOf(retry.assistant).length > 0, 'the message after the error got no text');
+  },
+
+  async regenerate(run) {
+    // useChat's regenerate(): the last reply is answered again and replaced, under a new id.
+    const chat = run.chat();
+    const first = await sendOk(run, chat, DIRECTIVES.text);
+    // Named explicitly, as a "regenerate this reply" button does (without it the body has none).
+    await chat.regenerate({ messageId: first.assistant.id });
+    await run.settle();
+    const post = run.lastExchange('POST');
+    expect(post?.status === 200, `POST /chat (regenerate): ${answerOf(post)}`);
+    const body = post.requestBody;
+    expect(body?.trigger === 'regenerate-message' && body?.messageId === first.assistant.id,
+      `regenerate sent trigger ${body?.trigger}, messageId ${body?.messageId} (last reply ${first.assistant.id})`);
+    const unexpected = run.unexpectedChatErrors();
+    expect(unexpected.length === 0, `chat error: ${unexpected.map(describeError).join('; ')}`);
+    expect(chat.status === 'ready', `chat status is ${chat.status} after regenerate (${describeError(chat.error)})`);
+    expect(chat.messages.length === 2, `expected the reply replaced (2 messages), have ${chat.messages.length}`);
+    const reply = chat.messages[1];
+    const start = post.chunks.find((c) => c.type === 'start');
+    expect(reply.role === 'assistant' && reply.id === start?.messageId,
+      `the new reply ${reply.id} is not start.messageId ${start?.messageId}`);
+    expect(reply.id !== first.assistant.id, 'the regenerated reply kept the old message id');
+    expect(textOf(reply).length > 0, 'the regenerated reply has no text');
+    await sendOk(run, chat, DIRECTIVES.followUp);
+    await validateHistory(run, chat);
   },
 
   async resume(run) {
-    // A finished turn leaves nothing to resume: 204 and nothing changes. A server may also
-    // answer 200 with the whole turn replayed from `start`; then the message must be
-    // rebuilt in place (same id, same text), never duplicated. Checked twice: on the chat
-    // that ran the turn, and on a fresh chat seeded with its history (a page reload).
+    // A finished turn leaves nothing to resume: 204 and nothing changes. Checked twice: on
+    // the chat that ran the turn, and on a fresh chat seeded with its history (a page reload).
     const chat = run.chat();
     await sendOk(run, chat, DIRECTIVES.text);
     const history = structuredClone(chat.messages);
-    for (const target of [chat, run.chat({ id: chat.id, messages: history })]) {
-      await target.resumeStream();
-      await Promise.all(run.exchanges.map((x) => x.done));
-      const get = run.lastExchange('GET');
-      expect(get !== undefined, `resumeStream made no GET request (${describeError(target.error)})`);
-      expect(new URL(get.url).pathname === `${new URL(API).pathname}/${encodeURIComponent(chat.id)}/stream`,
-        `resume went to ${get.url}`);
-      expect(get.status === 204 || get.status === 200, `GET /chat/{id}/stream: ${answerOf(get)}`);
-      await run.settle();
-      const unexpected = run.unexpectedChatErrors();
-      expect(unexpected.length === 0, `chat error on resume: ${unexpected.map(describeError).join('; ')}`);
-      expect(target.status === 'ready', `chat status is ${target.status} after resume (${describeError(target.error)})`);
-      const shape = (ms) => ms.map((m) => [m.id, m.role, textOf(m)]);
-      expect(isDeepStrictEqual(shape(target.messages), shape(history)),
-        `resume (HTTP ${get.status}) changed the messages: ${JSON.stringify(shape(target.messages))}`);
+    await resumeIdle(run, chat, history);
+    await resumeIdle(run, run.chat({ id: chat.id, messages: history }), history);
+  },
+
+  async 'resume-live'(run) {
+    // A second tab (or a reloaded page that kept the user's message) resumes while the turn
+    // runs: 200 and the whole turn replayed from `start`, then live, so both tabs end with
+    // the same message. Afterwards the chat is idle (204) and takes the next message at once.
+    const chat = run.chat();
+    const sending = chat.sendMessage({ text: DIRECTIVES.slow });
+    await waitFor(() => chat.messages.at(-1)?.role === 'assistant' && textOf(chat.messages.at(-1)).length > 0,
+      `the reply to ${DIRECTIVES.slow} never showed text (${answerOf(run.lastExchange('POST'))})`);
+    const user = chat.messages.find((m) => m.role === 'user');
+    const other = run.chat({ id: chat.id, messages: [structuredClone(user)] });
+    await other.resumeStream();
+    await sending;
+    await run.settle();
+    const post = run.lastExchange('POST');
+    const get = run.lastExchange('GET');
+    expect(post?.status === 200, `POST /chat: ${answerOf(post)}`);
+    expect(get !== undefined, `resumeStream made no GET request (${describeError(other.error)})`);
+    expect(get.sentAt < post.endedAt, 'the turn ended before the resume request was sent: make the slow reply slower');
+    expect(get.status === 200, `GET /chat/{id}/stream while the turn runs: ${answerOf(get)} (expected 200 and a replay)`);
+    expect(isDeepStrictEqual(get.chunks, post.chunks) && isDeepStrictEqual(get.ids, post.ids),
+      `the resumed stream is not the whole turn replayed from start; first difference (GET vs POST) ${firstDifference(get.chunks, post.chunks)}`);
+    const unexpected = run.unexpectedChatErrors();
+    expect(unexpected.length === 0, `chat error: ${unexpected.map(describeError).join('; ')}`);
+    for (const [name, c] of [['sending chat', chat], ['resumed chat', other]]) {
+      expect(c.status === 'ready', `${name}: status is ${c.status} after the turn (${describeError(c.error)})`);
     }
+    expect(isDeepStrictEqual(shape(other.messages), shape(chat.messages)),
+      `the resumed chat differs from the sending one: ${JSON.stringify(shape(other.messages))} vs ${JSON.stringify(shape(chat.messages))}`);
+    expect(textOf(other.messages.at(-1)).split(/\s+/).filter(Boolean).length === 60,
+      `the resumed reply does not have the 60 words asked for: ${JSON.stringify(textOf(other.messages.at(-1)))}`);
+    const finished = structuredClone(other.messages);
+    await resumeIdle(run, other, finished);
+    await sendOk(run, other, DIRECTIVES.followUp);
+    await validateHistory(run, other);
   },
 };
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Self-test of chat-client.mjs against stub_server.py: the client must pass a protocol-correct
-// stub in every mode (204 or replay on resume, static or dynamic tool parts, bearer auth) and
+// stub in every mode (204, or with IDLE_RESUME=any a replay, on an idle resume; static or
+// dynamic tool parts; bearer auth) and
 // must fail, for the right reason, on each deliberately broken stream (stub --fault).
 //
 //   node tests/e2e/selftest.mjs        (PYTHON=/path/to/python to bypass `uv run`)
@@ -24,7 +25,31 @@ const CASES = [
   {
     name: 'replayed resume, dynamic tools, bearer auth',
     stub: ['--resume', 'replay', '--dynamic-tools', '--token', 'selftest-token'],
-    env: { AUTH_TOKEN: 'selftest-token' },
+    env: { AUTH_TOKEN: 'selftest-token', IDLE_RESUME: 'any' },
+  },
+  {
+    name: 'replay of a finished turn where 204 is due',
+    stub: ['--resume', 'replay'],
+    env: { SCENARIO: 'resume' },
+    expect: all('resume', 'expected 204'),
+  },
+  {
+    name: 'resume while running sends only what comes next',
+    stub: ['--fault', 'resume-tail'],
+    env: { SCENARIO: 'resume-live' },
+    expect: all('resume-live', 'no "start" chunk'),
+  },
+  {
+    name: 'tool chunks without providerExecuted',
+    stub: ['--fault', 'no-provider-executed'],
+    env: { SCENARIO: 'tool' },
+    expect: all('tool', 'providerExecuted'),
+  },
+  {
+    name: '409 for a message right after the previous turn',
+    stub: ['--fault', 'busy-after-done'],
+    env: { SCENARIO: 'text' },
+    expect: all('text', 'HTTP 409'),
   },
   {
     name: 'missing bearer token',

@@ -271,8 +271,16 @@ export function recordingFetch(sdk, log) {
       status: undefined,
       headers: {},
       done: Promise.resolve(),
+      sentAt: performance.now(),
+      endedAt: undefined,
     };
     log.push(exchange);
+    // A body that breaks off (network error, or the chat aborting it) is recorded, never
+    // thrown: `done` always settles, so waiting on it cannot crash the client.
+    const brokeOff = (error) => {
+      exchange.readError = error;
+      exchange.endedAt ??= performance.now();
+    };
     let response;
     try {
       response = await fetch(url, init);
@@ -286,15 +294,21 @@ export function recordingFetch(sdk, log) {
     });
     const isStream = (exchange.headers['content-type'] ?? '').startsWith('text/event-stream');
     if (!response.ok || !response.body || !isStream) {
-      if (response.status !== 204) exchange.done = response.clone().text().then((t) => { exchange.text = t; });
+      exchange.endedAt = performance.now();
+      if (response.status !== 204) exchange.done = response.clone().text().then((t) => { exchange.text = t; }).catch(brokeOff);
       return response;
     }
     const [forSdk, forAudit] = response.body.tee();
     const [forWire, forParser] = forAudit.tee();
-    exchange.done = Promise.all([readAll(forWire), auditWithSdk(sdk, forParser)]).then(([text, sdkAudit]) => {
+    const whole = readAll(forWire).then((text) => {
+      exchange.endedAt = performance.now();
+      return text;
+    });
+    exchange.done = Promise.all([whole, auditWithSdk(sdk, forParser)]).then(([text, sdkAudit]) => {
       exchange.text = text;
       const wire = auditWire(text);
       exchange.chunks = wire.chunks;
+      exchange.ids = wire.events.filter((e) => !(e.data.length === 1 && e.data[0] === '[DONE]')).map((e) => e.id);
       exchange.comments = wire.comments;
       exchange.wireProblems = wire.problems;
       for (const [name, ok] of Object.entries(EXPECTED_HEADERS)) {
@@ -306,7 +320,7 @@ export function recordingFetch(sdk, log) {
       exchange.sdkSurfaced = surfaced;
       exchange.sdkRejected = rejected;
       exchange.assembled = sdkAudit.message;
-    });
+    }).catch(brokeOff);
     return new Response(forSdk, { status: response.status, statusText: response.statusText, headers: response.headers });
   };
 }

@@ -1,10 +1,11 @@
 """A throwaway stand-in for copilot-server's chat endpoints, used to validate chat-client.mjs.
 
 It answers `POST /api/v1/chat` with a hard-coded UI message stream per scenario (picked from
-the last user message: the tool and error directives of chat-client.mjs, else plain text)
-and `GET /api/v1/chat/{id}/stream` with 204, or with a replay of the chat's last turn when
-started with `--resume replay`. Every stream uses only the cross-version chunk set of
-PROTOCOL.md, so `node chat-client.mjs` passing against it for ai5, ai6 and ai7 pins that set.
+the last user message: the tool, error and slow-text directives of chat-client.mjs, else plain
+text) and `GET /api/v1/chat/{id}/stream` with a replay from `start`, then live, while the
+chat's turn runs; with 204 once it ended, or with a replay of the finished turn when started
+with `--resume replay`. Every stream uses only the cross-version chunk set of PROTOCOL.md, so
+`node chat-client.mjs` passing against it for ai5, ai6 and ai7 pins that set.
 
     uv run python tests/e2e/stub_server.py --port 8765 [--resume replay] [--dynamic-tools]
         [--token SECRET] [--fault NAME ...]
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -40,6 +42,9 @@ STREAM_HEADERS = {
 }
 TOOL_DIRECTIVE = re.compile(r"\[\[fake:tool name=(?P<name>[\w-]+) input=(?P<input>\{.*?\})\]\]")
 ERROR_DIRECTIVE = re.compile(r"\[\[fake:error status=(?P<status>\d+)\]\]")
+SLOW_DIRECTIVE = re.compile(r"\[\[fake:text tokens=(?P<tokens>\d+) rate=(?P<rate>\d+)\]\]")
+TEXT_DIRECTIVE = re.compile(r"\[\[fake:text text=\"(?P<text>[^\"]*)\"\]\]")
+CHUNK_DELAY_S = 0.002
 
 
 FAULTS = {
@@ -51,6 +56,9 @@ FAULTS = {
     "delta-before-start": "text-delta without text-start",
     "no-done": "no data: [DONE] at the end",
     "no-ids": "no id: lines",
+    "resume-tail": "a resume while the turn runs sends only what comes next, not a replay",
+    "no-provider-executed": "tool chunks without providerExecuted",
+    "busy-after-done": "409 for a message sent within a second of the previous turn's end",
 }
 
 
@@ -64,7 +72,49 @@ class StubState:
         self.dynamic_tools = dynamic_tools
         self.token = token
         self.faults = set(faults)
-        self.last_turn: dict[str, list[Chunk]] = {}
+        self.turns: dict[str, LiveTurn] = {}
+
+
+class LiveTurn:
+    """One turn being streamed: its frames so far, for the POST and any resume to tail."""
+
+    def __init__(self, chunks: list[Chunk], faults: set[str], delay_s: float) -> None:
+        self.faults = faults
+        self.frames: list[bytes] = []
+        self.done = False
+        self.ended_at: float | None = None
+        self._changed = asyncio.Event()
+        self.task = asyncio.create_task(self._produce(break_chunks(chunks, faults), delay_s))
+
+    async def _produce(self, chunks: list[Chunk], delay_s: float) -> None:
+        for seq, chunk in enumerate(chunks):
+            payload = json.dumps(chunk, separators=(",", ":"))
+            id_line = "" if "no-ids" in self.faults else f"id: {seq}\n"
+            self.frames.append(f"{id_line}data: {payload}\n\n".encode())
+            self._wake()
+            await asyncio.sleep(delay_s)
+        self.done = True
+        self.ended_at = time.monotonic()
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def tail(self, index: int) -> AsyncIterator[bytes]:
+        """Frames from `index` on as they come, a `: ping` after the first, then [DONE]."""
+        while True:
+            if index < len(self.frames):
+                yield self.frames[index]
+                if index == 0:
+                    yield b": ping\n\n"
+                index += 1
+            elif self.done:
+                break
+            else:
+                await self._changed.wait()
+        if "no-done" not in self.faults:
+            yield b"data: [DONE]\n\n"
 
 
 def error_body(status: int, code: str, message: str) -> JSONResponse:
@@ -100,9 +150,8 @@ def finish(reason: str) -> Chunk:
     return {"type": "finish", "finishReason": reason, "messageMetadata": {"usage": usage}}
 
 
-def text_turn(message_id: str, history_len: int) -> list[Chunk]:
+def text_turn(message_id: str, reply: str) -> list[Chunk]:
     """A plain reply in one step."""
-    reply = f"Hello from the stub. I have seen {history_len} message(s) in this chat."
     return [
         {"type": "start", "messageId": message_id},
         {"type": "start-step"},
@@ -112,10 +161,12 @@ def text_turn(message_id: str, history_len: int) -> list[Chunk]:
     ]
 
 
-def tool_turn(message_id: str, name: str, tool_input: Any, dynamic: bool) -> list[Chunk]:
+def tool_turn(
+    message_id: str, name: str, tool_input: Any, dynamic: bool, faults: set[str]
+) -> list[Chunk]:
     """A server-executed tool call in step one, then a reply quoting its result in step two."""
     call_id = f"call_{uuid.uuid4().hex[:12]}"
-    flags: dict[str, bool] = {"providerExecuted": True}
+    flags: dict[str, bool] = {} if "no-provider-executed" in faults else {"providerExecuted": True}
     if dynamic:
         flags["dynamic"] = True
     output = {"iso": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -186,19 +237,6 @@ def break_chunks(chunks: list[Chunk], faults: set[str]) -> list[Chunk]:
     return out
 
 
-async def sse(chunks: list[Chunk], faults: set[str]) -> AsyncIterator[bytes]:
-    """Encode chunks as SSE: `id:` = sequence, a `: ping` comment after start, then [DONE]."""
-    for seq, chunk in enumerate(break_chunks(chunks, faults)):
-        payload = json.dumps(chunk, separators=(",", ":"))
-        id_line = "" if "no-ids" in faults else f"id: {seq}\n"
-        yield f"{id_line}data: {payload}\n\n".encode()
-        if seq == 0:
-            yield b": ping\n\n"
-        await asyncio.sleep(0.002)
-    if "no-done" not in faults:
-        yield b"data: [DONE]\n\n"
-
-
 def authorized(request: Request, state: StubState) -> bool:
     """Bearer token check, when the stub was started with one."""
     if state.token is None:
@@ -219,29 +257,50 @@ async def post_chat(request: Request) -> Response:
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(chat_id, str) or not isinstance(messages, list) or not messages:
         return error_body(422, "invalid_body", "expected {id, messages, trigger, messageId?}")
+    previous = state.turns.get(chat_id)
+    if previous is not None and not previous.done:
+        return error_body(409, "turn_in_progress", "a turn is already running in this chat")
+    if (
+        "busy-after-done" in state.faults
+        and previous is not None
+        and previous.ended_at is not None
+        and time.monotonic() - previous.ended_at < 1.0
+    ):
+        return error_body(409, "turn_in_progress", "the previous turn is still being stored")
     text = last_user_text(messages)
     message_id = f"msg_{uuid.uuid4().hex}"
+    delay_s = CHUNK_DELAY_S
     if tool := TOOL_DIRECTIVE.search(text):
         chunks = tool_turn(
-            message_id, tool["name"], json.loads(tool["input"]), dynamic=state.dynamic_tools
+            message_id, tool["name"], json.loads(tool["input"]), state.dynamic_tools, state.faults
         )
     elif error := ERROR_DIRECTIVE.search(text):
         chunks = error_turn(message_id, int(error["status"]))
+    elif slow := SLOW_DIRECTIVE.search(text):
+        words = " ".join(f"word{i}" for i in range(int(slow["tokens"])))
+        chunks = text_turn(message_id, words)
+        delay_s = 1 / max(int(slow["rate"]), 1)
+    elif literal := TEXT_DIRECTIVE.search(text):
+        chunks = text_turn(message_id, literal["text"])
     else:
-        chunks = text_turn(message_id, len(messages))
-    state.last_turn[chat_id] = chunks
-    return StreamingResponse(sse(chunks, state.faults), headers=STREAM_HEADERS)
+        reply = f"Hello from the stub. I have seen {len(messages)} message(s) in this chat."
+        chunks = text_turn(message_id, reply)
+    turn = LiveTurn(chunks, state.faults, delay_s)
+    state.turns[chat_id] = turn
+    return StreamingResponse(turn.tail(0), headers=STREAM_HEADERS)
 
 
 async def resume_chat(request: Request) -> Response:
-    """Resume: 204 (nothing active), or with --resume replay the last turn from `start`."""
+    """Resume: the running turn replayed from `start`, then live; 204 when none runs (with
+    --resume replay, the finished turn replayed instead)."""
     state: StubState = request.app.state.stub
     if not authorized(request, state):
         return error_body(401, "unauthorized", "missing or wrong bearer token")
-    chunks = state.last_turn.get(request.path_params["chat_id"])
-    if state.resume != "replay" or chunks is None:
+    turn = state.turns.get(request.path_params["chat_id"])
+    if turn is None or (turn.done and state.resume != "replay"):
         return Response(status_code=204)
-    return StreamingResponse(sse(chunks, state.faults), headers=STREAM_HEADERS)
+    start = len(turn.frames) if "resume-tail" in state.faults and not turn.done else 0
+    return StreamingResponse(turn.tail(start), headers=STREAM_HEADERS)
 
 
 def build_app(state: StubState) -> Starlette:

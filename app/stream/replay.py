@@ -1,0 +1,74 @@
+"""A stored UIMessage turned back into UI message chunks, for a resume whose EventLog is gone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _tool_chunks(part: dict[str, Any]) -> list[dict[str, Any]]:
+    kind = str(part["type"])
+    name = str(part.get("toolName")) if kind == "dynamic-tool" else kind.removeprefix("tool-")
+    call = {"toolCallId": part.get("toolCallId", ""), "providerExecuted": True}
+    out: list[dict[str, Any]] = [{"type": "tool-input-start", **call, "toolName": name}]
+    state = part.get("state")
+    if state in ("input-available", "output-available", "output-error"):
+        out.append(
+            {
+                "type": "tool-input-available",
+                **call,
+                "toolName": name,
+                "input": part.get("input", {}),
+            }
+        )
+    if state == "output-available":
+        out.append({"type": "tool-output-available", **call, "output": part.get("output")})
+    elif state == "output-error":
+        out.append(
+            {
+                "type": "tool-output-error",
+                **call,
+                "errorText": str(part.get("errorText", "tool failed")),
+            }
+        )
+    return out
+
+
+def message_chunks(message_id: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chunks that rebuild `parts` under `message_id` (without `finish`)."""
+    chunks: list[dict[str, Any]] = [{"type": "start", "messageId": message_id}]
+    in_step = False
+
+    def open_step() -> None:
+        nonlocal in_step
+        if not in_step:
+            chunks.append({"type": "start-step"})
+            in_step = True
+
+    for index, part in enumerate(parts):
+        kind = str(part.get("type", ""))
+        if kind == "step-start":
+            if in_step:
+                chunks.append({"type": "finish-step"})
+                in_step = False
+            open_step()
+        elif kind in ("text", "reasoning"):
+            open_step()
+            part_id = f"replay-{index}"
+            chunks.append({"type": f"{kind}-start", "id": part_id})
+            if part.get("text"):
+                chunks.append({"type": f"{kind}-delta", "id": part_id, "delta": part["text"]})
+            end: dict[str, Any] = {"type": f"{kind}-end", "id": part_id}
+            if "providerMetadata" in part:
+                end["providerMetadata"] = part["providerMetadata"]
+            chunks.append(end)
+        elif kind.startswith("tool-") or kind == "dynamic-tool":
+            open_step()
+            chunks.extend(_tool_chunks(part))
+        elif kind.startswith("data-"):
+            chunk: dict[str, Any] = {"type": kind, "data": part.get("data")}
+            if part.get("id") is not None:
+                chunk["id"] = part["id"]
+            chunks.append(chunk)
+    if in_step:
+        chunks.append({"type": "finish-step"})
+    return chunks
