@@ -30,6 +30,7 @@ from app.config import (
     Settings,
     TurnSettings,
 )
+from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
 from app.main import create_app
 from app.store.db import migrate
 
@@ -88,6 +89,13 @@ def redis_url(services_dir: Path) -> Iterator[str]:
 
     with EmbeddedRedis(services_dir) as redis:
         yield redis.url
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstreamHandle]:
+    """The fake Anthropic upstream in a thread of the test process, one per test module."""
+    with running_fake_upstream() as handle:
+        yield handle
 
 
 @pytest.fixture

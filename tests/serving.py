@@ -41,6 +41,44 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) ->
         time.sleep(interval)
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any of the server's own settings."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COPILOT_", "ANTHROPIC_")) and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+
+
+def run_copilot(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a `copilot` command to completion with `env` on top of a clean environment."""
+    return subprocess.run(
+        [COPILOT, *args],
+        cwd=cwd,
+        env={**clean_environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def upstream_env(
+    upstream_url: str, database_url: str, redis_url: str, **extra: str
+) -> dict[str, str]:
+    """Settings for a server on the test services, pointed at a (fake) upstream."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "ANTHROPIC_BASE_URL": upstream_url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
+        "COPILOT_TITLE_GENERATION": "0",
+        **extra,
+    }
+
+
 @dataclass
 class Served:
     """A running `copilot serve` process."""
@@ -64,10 +102,7 @@ def serve(env: dict[str, str], tmp: Path, *, ready_path: str = "/readyz") -> Ite
     """Start `copilot serve` with `env` on a free port; stop it with SIGTERM afterwards."""
     port = free_port()
     log_path = tmp / f"serve-{uuid.uuid4().hex[:6]}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("COPILOT_", "ANTHROPIC_"))}
-    full_env.pop("DATABASE_URL", None)
-    full_env.pop("REDIS_URL", None)
-    full_env.update(env)
+    full_env = {**clean_environ(), **env}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [COPILOT, "serve", "--port", str(port)],
@@ -97,6 +132,20 @@ def serve(env: dict[str, str], tmp: Path, *, ready_path: str = "/readyz") -> Ite
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def start_turn_raw(served: Served, session_id: str, message: str) -> socket.socket:
+    """POST a chat message on a raw socket, wait for the answer to begin, leave it unread."""
+    body = orjson.dumps({"id": session_id, "message": message})
+    host, port = served.base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    sock.recv(1)
+    return sock
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import uuid
@@ -17,7 +16,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import _admin
-from tests.serving import COPILOT, assert_well_formed, free_port, serve, stream, wait_until
+from tests.serving import (
+    COPILOT,
+    assert_well_formed,
+    free_port,
+    run_copilot,
+    serve,
+    stream,
+    upstream_env,
+    wait_until,
+)
 
 BARE_ENV = {"COPILOT_LOG_LEVEL": "INFO"}
 
@@ -64,19 +72,7 @@ def test_serve_with_nothing_configured_runs_on_embedded_services(tmp_path: Path)
 def test_a_second_serve_on_the_same_data_dir_fails_clearly(tmp_path: Path) -> None:
     env = {**BARE_ENV, "COPILOT_DATA_DIR": str(tmp_path / "data")}
     with serve(env, tmp_path) as first:
-        full_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("COPILOT_", "ANTHROPIC_", "DATABASE_", "REDIS_"))
-        }
-        second = subprocess.run(
-            [COPILOT, "serve", "--port", str(free_port())],
-            cwd=tmp_path,
-            env={**full_env, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = run_copilot(["serve", "--port", str(free_port())], env, tmp_path)
         assert second.returncode == 1
         assert "in use by another copilot serve" in second.stderr
         with first.client() as http:
@@ -84,15 +80,7 @@ def test_a_second_serve_on_the_same_data_dir_fails_clearly(tmp_path: Path) -> No
 
 
 def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
-    result = subprocess.run(
-        [COPILOT, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_copilot(["serve", "--host", "0.0.0.0", "--port", str(free_port())], {}, tmp_path)
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
     assert not (tmp_path / ".copilot").exists(), "nothing may start before the refusal"
@@ -111,23 +99,8 @@ def test_token_prints_a_jwt_the_server_accepts(
     tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
     secret = "a-secret-for-the-token-command-0123456789"
-    env = {
-        "COPILOT_JWT_SECRET": secret,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
-        "ANTHROPIC_API_KEY": "unused",
-        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:6]}",
-    }
-    base = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
-    printed = subprocess.run(
-        [COPILOT, "token", "--user", "ada"],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.strip()
+    env = upstream_env("http://127.0.0.1:9", database_url, redis_url, COPILOT_JWT_SECRET=secret)
+    printed = run_copilot(["token", "--user", "ada"], env, tmp_path).stdout.strip()
     assert jwt.decode(printed, secret, algorithms=["HS256"])["sub"] == "ada"
     with serve(env, tmp_path) as served:
         response = httpx.get(
@@ -138,15 +111,7 @@ def test_token_prints_a_jwt_the_server_accepts(
 
 
 def test_token_without_a_secret_says_so(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
-    result = subprocess.run(
-        [COPILOT, "token", "--user", "ada"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_copilot(["token", "--user", "ada"], {}, tmp_path)
     assert result.returncode == 2
     assert "COPILOT_JWT_SECRET is not set" in result.stderr
 
@@ -156,14 +121,8 @@ def test_migrate_creates_the_schema(server_database_url: str) -> None:
     asyncio.run(_admin(server_database_url, f'CREATE DATABASE "{name}"'))
     url = make_url(server_database_url).set(database=name).render_as_string(hide_password=False)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
-        subprocess.run(
-            [COPILOT, "migrate"],
-            env={**env, "DATABASE_URL": url},
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        migrated = run_copilot(["migrate"], {"DATABASE_URL": url}, Path.cwd())
+        assert migrated.returncode == 0, migrated.stderr
 
         async def tables() -> set[str]:
             engine = create_async_engine(url)

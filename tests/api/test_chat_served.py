@@ -12,17 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
-from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
-from tests.serving import Served, StreamResult, assert_well_formed, serve, stream, wait_until
+from app.devtools.fake_upstream import FakeUpstreamHandle
+from tests.serving import (
+    Served,
+    StreamResult,
+    assert_well_formed,
+    serve,
+    stream,
+    upstream_env,
+    wait_until,
+)
 
 MAX_CHARS = 2000
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstreamHandle]:
-    """The fake Anthropic upstream, in a thread of the test process."""
-    with running_fake_upstream() as handle:
-        yield handle
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +34,19 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     """`copilot serve` on the test services, pointed at the fake upstream."""
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
-        "COPILOT_HEARTBEAT_S": "0.2",
-        "COPILOT_FLUSH_INTERVAL_S": "0.2",
-        "COPILOT_RETRY_MAX_ATTEMPTS": "3",
-        "COPILOT_RETRY_BASE_DELAY_S": "0.01",
-        "COPILOT_RETRY_MAX_DELAY_S": "0.05",
-        "COPILOT_MAX_TOOL_ROUNDS": "2",
-        "COPILOT_MAX_MESSAGE_CHARS": str(MAX_CHARS),
-        "COPILOT_TITLE_GENERATION": "1",
-    }
+    env = upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_HEARTBEAT_S="0.2",
+        COPILOT_FLUSH_INTERVAL_S="0.2",
+        COPILOT_RETRY_MAX_ATTEMPTS="3",
+        COPILOT_RETRY_BASE_DELAY_S="0.01",
+        COPILOT_RETRY_MAX_DELAY_S="0.05",
+        COPILOT_MAX_TOOL_ROUNDS="2",
+        COPILOT_MAX_MESSAGE_CHARS=str(MAX_CHARS),
+        COPILOT_TITLE_GENERATION="1",
+    )
     with serve(env, tmp_path_factory.mktemp("served")) as server:
         yield server
 

@@ -26,8 +26,8 @@ from pydantic import SecretStr
 
 from app.api.auth import issue_token
 from app.config import AuthSettings
-from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
-from tests.serving import Served, serve
+from app.devtools.fake_upstream import FakeUpstreamHandle
+from tests.serving import Served, serve, upstream_env
 
 E2E_DIR = Path(__file__).resolve().parent
 VERSIONS = ["ai5", "ai6", "ai7"]
@@ -114,13 +114,6 @@ def node() -> str:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstreamHandle]:
-    """The fake Anthropic upstream, in a thread of the test process."""
-    with running_fake_upstream() as handle:
-        yield handle
-
-
-@pytest.fixture(scope="module")
 def auth() -> AuthSettings:
     """The JWT settings the server runs with."""
     return AuthSettings(jwt_secret=SecretStr(JWT_SECRET))
@@ -136,15 +129,13 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     """`copilot serve` with JWT auth and title generation on, pointed at the fake upstream."""
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "COPILOT_JWT_SECRET": JWT_SECRET,
-        "COPILOT_REDIS_KEY_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-        "COPILOT_TITLE_GENERATION": "1",
-    }
+    env = upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_JWT_SECRET=JWT_SECRET,
+        COPILOT_TITLE_GENERATION="1",
+    )
     with serve(env, tmp_path_factory.mktemp("e2e")) as server:
         server.headers = {"Authorization": f"Bearer {issue_token(auth, USER)}"}
         yield server

@@ -3,39 +3,37 @@
 from __future__ import annotations
 
 import signal
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
-from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
-from tests.serving import Served, assert_well_formed, serve, stream, wait_until
+from app.devtools.fake_upstream import FakeUpstreamHandle
+from tests.serving import (
+    Served,
+    assert_well_formed,
+    serve,
+    start_turn_raw,
+    stream,
+    upstream_env,
+    wait_until,
+)
 
 PREFIX = f"rep-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstreamHandle]:
-    with running_fake_upstream() as handle:
-        yield handle
-
-
 def _env(fake: FakeUpstreamHandle, database_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "COPILOT_REDIS_KEY_PREFIX": PREFIX,
-        "COPILOT_TITLE_GENERATION": "0",
-        "COPILOT_HEARTBEAT_S": "0.5",
-        "COPILOT_FLUSH_INTERVAL_S": "0.2",
-        "COPILOT_LEASE_TTL_S": "1",
-    }
+    return upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_REDIS_KEY_PREFIX=PREFIX,
+        COPILOT_HEARTBEAT_S="0.5",
+        COPILOT_FLUSH_INTERVAL_S="0.2",
+        COPILOT_LEASE_TTL_S="1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +51,12 @@ def replicas(
         yield a, b
 
 
-def _start(served: Served, session_id: str, message: str) -> socket.socket:
-    body = httpx.Request("POST", "http://x", json={"id": session_id, "message": message}).read()
-    host, port = served.base_url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(
-        b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-        + b"content-length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    sock.recv(1)  # the response has started: the turn exists
-    return sock
-
-
 def test_resume_on_the_other_replica_right_after_the_start_replays_the_turn(
     replicas: tuple[Served, Served],
 ) -> None:
     a, b = replicas
     sid = f"rep-{uuid.uuid4().hex[:8]}"
-    sock = _start(a, sid, "[[fake:text tokens=40 rate=80]]")
+    sock = start_turn_raw(a, sid, "[[fake:text tokens=40 rate=80]]")
     try:
         with b.client() as http:
             resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream")
@@ -84,7 +69,7 @@ def test_resume_on_the_other_replica_right_after_the_start_replays_the_turn(
 def test_stop_on_one_replica_then_send_at_once_is_accepted(replicas: tuple[Served, Served]) -> None:
     a, _ = replicas
     sid = f"stop-{uuid.uuid4().hex[:8]}"
-    sock = _start(a, sid, "[[fake:text tokens=500 rate=50]]")
+    sock = start_turn_raw(a, sid, "[[fake:text tokens=500 rate=50]]")
     try:
         with a.client() as http:
             assert http.post(f"/api/v1/chat/{sid}/stop").status_code == 202
@@ -100,7 +85,7 @@ def test_a_resume_whose_log_is_gone_is_answered_from_postgres(
     a, b = replicas
     sid = f"gone-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
-    sock = _start(a, sid, "[[fake:text tokens=60 rate=60]]")
+    sock = start_turn_raw(a, sid, "[[fake:text tokens=60 rate=60]]")
     try:
         for key in client.scan_iter(f"{PREFIX}:{{{sid}}}:events:*"):
             client.delete(key)
@@ -124,7 +109,7 @@ def test_resume_of_a_turn_whose_replica_died_ends_with_interrupted(
     sid = f"dead-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
     with serve(_env(fake, database_url, redis_url), tmp_path) as doomed:
-        sock = _start(doomed, sid, "[[fake:text tokens=500 rate=50]]")
+        sock = start_turn_raw(doomed, sid, "[[fake:text tokens=500 rate=50]]")
         with b.client() as http:
             wait_until(lambda: http.get(f"/api/v1/sessions/{sid}").json()["status"] == "running")
         doomed.proc.send_signal(signal.SIGKILL)

@@ -6,37 +6,22 @@ import asyncio
 import signal
 import socket
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
-from tests.serving import Served, assert_well_formed, serve, stream, wait_until
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstreamHandle]:
-    with running_fake_upstream() as handle:
-        yield handle
-
-
-def _env(
-    fake: FakeUpstreamHandle, database_url: str, redis_url: str, **extra: str
-) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
-        "COPILOT_TITLE_GENERATION": "0",
-        **extra,
-    }
+from app.devtools.fake_upstream import FakeUpstreamHandle
+from tests.serving import (
+    assert_well_formed,
+    serve,
+    start_turn_raw,
+    stream,
+    upstream_env,
+    wait_until,
+)
 
 
 def _query(database_url: str, sql: str, **params: Any) -> list[Any]:
@@ -64,26 +49,13 @@ def _text_of(parts: list[dict[str, Any]]) -> str:
     return "".join(p.get("text", "") for p in parts if p.get("type") == "text")
 
 
-def _start_turn(served: Served, session_id: str, directive: str) -> socket.socket:
-    """Send a chat request on a raw socket and leave the answer unread."""
-    body = orjson.dumps({"id": session_id, "message": directive})
-    host, port = served.base_url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(
-        b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-        + b"content-length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    return sock
-
-
 def test_the_partial_reply_reaches_postgres_while_streaming(
     fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = _env(fake, database_url, redis_url, COPILOT_FLUSH_INTERVAL_S="0.3")
+    env = upstream_env(fake.base_url, database_url, redis_url, COPILOT_FLUSH_INTERVAL_S="0.3")
     sid = f"flush-{uuid.uuid4().hex[:8]}"
     with serve(env, tmp_path) as served:
-        sock = _start_turn(served, sid, "[[fake:text tokens=200 rate=40]]")
+        sock = start_turn_raw(served, sid, "[[fake:text tokens=200 rate=40]]")
         try:
             rows = wait_until(
                 lambda: [
@@ -101,12 +73,16 @@ def test_the_partial_reply_reaches_postgres_while_streaming(
 def test_a_killed_server_keeps_the_partial_reply_and_frees_the_session(
     fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = _env(
-        fake, database_url, redis_url, COPILOT_FLUSH_INTERVAL_S="0.2", COPILOT_LEASE_TTL_S="1"
+    env = upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_FLUSH_INTERVAL_S="0.2",
+        COPILOT_LEASE_TTL_S="1",
     )
     sid = f"kill-{uuid.uuid4().hex[:8]}"
     with serve(env, tmp_path) as served:
-        sock = _start_turn(served, sid, "[[fake:text tokens=400 rate=50]]")
+        sock = start_turn_raw(served, sid, "[[fake:text tokens=400 rate=50]]")
         wait_until(lambda: any(_text_of(r.parts) for r in _assistant_rows(database_url, sid)), 10)
         served.proc.send_signal(signal.SIGKILL)
         served.proc.wait(10)
@@ -132,7 +108,7 @@ def test_a_killed_server_keeps_the_partial_reply_and_frees_the_session(
 def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
     fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = _env(fake, database_url, redis_url, COPILOT_SEND_TIMEOUT_S="1")
+    env = upstream_env(fake.base_url, database_url, redis_url, COPILOT_SEND_TIMEOUT_S="1")
     sid = f"stuck-{uuid.uuid4().hex[:8]}"
     with serve(env, tmp_path) as served, served.client() as http:
         sock = socket.socket()
@@ -170,7 +146,7 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
 def test_sigterm_mid_turn_ends_the_stream_cleanly_and_records_the_interruption(
     fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = _env(fake, database_url, redis_url)
+    env = upstream_env(fake.base_url, database_url, redis_url)
     sid = f"term-{uuid.uuid4().hex[:8]}"
     with serve(env, tmp_path) as served, served.client() as http:
         with http.stream(
