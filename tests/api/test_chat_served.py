@@ -5,6 +5,7 @@ One server and one fake upstream serve the whole module; each test uses its own 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -370,20 +371,26 @@ def test_heartbeats_are_comments_while_the_upstream_is_silent(http: httpx.Client
     assert b"data: ping" not in result.body
 
 
+@contextlib.contextmanager
+def running_turn(served: Served, sid: str, text: str, **extra: Any) -> Iterator[Iterator[str]]:
+    """A turn streaming on its own connection, read up to its first text delta."""
+    body = {"id": sid, "messages": [ui_message(text)], **extra}
+    with served.client() as other, other.stream("POST", "/api/v1/chat", json=body) as running:
+        assert running.status_code == 200
+        lines = running.iter_lines()
+        read_until(lines, '"text-delta"')
+        yield lines
+
+
+def finished_turn(http: httpx.Client, sid: str) -> dict[str, Any]:
+    """The session's first turn, once it is no longer running."""
+    done = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"], 20)
+    return dict(done[0])
+
+
 def test_a_second_turn_while_one_runs_is_409(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with (
-        served.client() as other,
-        other.stream(
-            "POST",
-            "/api/v1/chat",
-            json={
-                "id": sid,
-                "messages": [ui_message("[[fake:text tokens=100 rate=50]]")],
-            },
-        ) as running,
-    ):
-        assert running.status_code == 200
+    with running_turn(served, sid, "[[fake:text tokens=100 rate=50]]"):
         response = http.post("/api/v1/chat", json={"id": sid, "messages": [ui_message("x")]})
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "turn_in_progress"
@@ -392,24 +399,11 @@ def test_a_second_turn_while_one_runs_is_409(http: httpx.Client, served: Served)
 
 def test_stop_ends_the_turn_and_keeps_what_was_said(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with (
-        served.client() as other,
-        other.stream(
-            "POST",
-            "/api/v1/chat",
-            json={
-                "id": sid,
-                "messages": [ui_message("[[fake:text tokens=500 rate=50]]")],
-            },
-        ) as running,
-    ):
-        lines = running.iter_lines()
-        read_until(lines, '"text-delta"')
+    with running_turn(served, sid, "[[fake:text tokens=500 rate=50]]") as lines:
         assert http.post(f"/api/v1/chat/{sid}/stop").status_code == 202
         rest = "\n".join(lines)
     assert '"finishReason":"other"' in rest
-    turn = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"])[0]
-    assert turn["status"] == "stopped"
+    assert finished_turn(http, sid)["status"] == "stopped"
     stored = messages(http, sid)[1]
     assert any(p["type"] == "text" and p["text"] for p in stored["parts"])
     assert http.post(f"/api/v1/chat/{sid}/stop").status_code == 204
@@ -417,60 +411,25 @@ def test_stop_ends_the_turn_and_keeps_what_was_said(http: httpx.Client, served: 
 
 def test_a_client_disconnect_does_not_end_the_turn(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with (
-        served.client() as other,
-        other.stream(
-            "POST",
-            "/api/v1/chat",
-            json={
-                "id": sid,
-                "messages": [ui_message("[[fake:text tokens=30 rate=60]]")],
-            },
-        ) as running,
-    ):
-        next(running.iter_lines())
-    turn = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"], 20)[0]
+    with running_turn(served, sid, "[[fake:text tokens=30 rate=60]]"):
+        pass
+    turn = finished_turn(http, sid)
     assert turn["status"] == "completed"
     assert turn["usage"]["output_tokens"] == 30
 
 
 def test_on_disconnect_cancel_stops_the_turn(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with (
-        served.client() as other,
-        other.stream(
-            "POST",
-            "/api/v1/chat",
-            json={
-                "id": sid,
-                "messages": [ui_message("[[fake:text tokens=300 rate=50]]")],
-                "on_disconnect": "cancel",
-            },
-        ) as running,
-    ):
-        lines = running.iter_lines()
-        read_until(lines, '"text-delta"')
-    turn = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"], 20)[0]
-    assert turn["status"] == "stopped"
+    with running_turn(served, sid, "[[fake:text tokens=300 rate=50]]", on_disconnect="cancel"):
+        pass
+    assert finished_turn(http, sid)["status"] == "stopped"
 
 
 def test_resume_replays_the_running_turn_from_start(http: httpx.Client, served: Served) -> None:
     sid = new_session()
     assert http.get(f"/api/v1/chat/{sid}/stream").status_code == 204, "unknown session"
-    with (
-        served.client() as other,
-        other.stream(
-            "POST",
-            "/api/v1/chat",
-            json={
-                "id": sid,
-                "messages": [ui_message("[[fake:text tokens=60 rate=120]]")],
-            },
-        ) as running,
-    ):
-        original = StreamResult(200, running.headers, [], [], 0, False)
+    with running_turn(served, sid, "[[fake:text tokens=60 rate=120]]"):
         resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream")
-        original.body = running.read()
     assert_well_formed(resumed)
     assert len(resumed.text.split()) == 60
     assert http.get(f"/api/v1/chat/{sid}/stream").status_code == 204
@@ -478,19 +437,7 @@ def test_resume_replays_the_running_turn_from_start(http: httpx.Client, served: 
 
 def test_resume_after_last_event_id_skips_what_was_seen(http: httpx.Client, served: Served) -> None:
     sid = new_session()
-    with (
-        served.client() as other,
-        other.stream(
-            "POST",
-            "/api/v1/chat",
-            json={
-                "id": sid,
-                "messages": [ui_message("[[fake:text tokens=40 rate=100]]")],
-            },
-        ) as running,
-    ):
-        lines = running.iter_lines()
-        read_until(lines, '"text-delta"')
+    with running_turn(served, sid, "[[fake:text tokens=40 rate=100]]"):
         resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream", headers={"Last-Event-ID": "2"})
     assert resumed.status == 200, (resumed.status, resumed.body)
     assert resumed.ids[0] == 3
