@@ -20,25 +20,14 @@ import importlib.util
 import logging
 import signal
 import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.devtools.processes import (
-    DataDirLock,
-    EmbeddedServiceError,
-    ServiceStartError,
-    choose_port,
-    log_tail,
-    remember_port,
-    spawn,
-    stop_child,
-    wait_for,
-)
+from app.devtools.embedded_service import EmbeddedService
+from app.devtools.processes import EmbeddedServiceError, spawn
 
 _log = logging.getLogger(__name__)
 
@@ -60,97 +49,57 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(EmbeddedService):
     """A Redis server whose config and append-only file live in `data_dir/redis`."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        port: int | None = None,
-        *,
-        start_timeout: float = 30.0,
-        stop_timeout: float = 30.0,
-    ) -> None:
-        self.data_dir = data_dir
-        self.requested_port = port
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.root = (data_dir / "redis").absolute()
-        self.config_path = self.root / "redis.conf"
-        self.log_path = self.root / "redis.log"
-        self._port_file = self.root / "port"
-        self._lock = DataDirLock(self.root / "copilot.lock", data_dir=data_dir, service="redis")
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
+    service = "redis"
+    program = "redis-server"
+    readiness = "answer"
+    logger = _log
 
     @property
-    def pid(self) -> int | None:
-        """The redis-server's pid while running."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def port(self) -> int:
-        """The TCP port on 127.0.0.1 while running."""
-        if self._port is None:
-            raise EmbeddedServiceError("the embedded redis is not running")
-        return self._port
+    def config_path(self) -> Path:
+        """The `redis.conf` written on every start."""
+        return self.root / "redis.conf"
 
     @property
     def url(self) -> str:
         """The redis:// URL of database 0 while running."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> str:
-        """Write the config, start the server, wait for PING, and return its URL."""
-        if self._proc is not None:
-            raise EmbeddedServiceError("the embedded redis is already running")
-        began = time.monotonic()
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock.acquire()
-        try:
-            self._port = choose_port(self.requested_port, self._port_file, service="redis")
-            self._write_config()
-            with self.log_path.open("ab") as log:
-                self._proc = spawn(
-                    [str(redis_server_binary()), str(self.config_path)],
-                    stdout=log,
-                    env={"LC_ALL": "C"},
-                    death_signal=signal.SIGTERM,
-                )
-            self._wait_ready()
-            remember_port(self._port, self._port_file)
-        except BaseException:
-            self.stop()
-            raise
-        _log.info(
-            "embedded redis ready on 127.0.0.1:%d in %.2f s (data in %s)",
-            self._port,
-            time.monotonic() - began,
-            self.root,
-        )
-        return self.url
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Write the config for the chosen port and start redis-server with it."""
+        self._write_config()
+        with self.log_path.open("ab") as log:
+            return spawn(
+                [str(redis_server_binary()), str(self.config_path)],
+                stdout=log,
+                env={"LC_ALL": "C"},
+                death_signal=signal.SIGTERM,
+            )
 
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM: flush the AOF, exit), wait, and release the dir."""
-        proc, self._proc = self._proc, None
-        self._port = None
-        try:
-            if proc is not None:
-                stop_child(proc, [(signal.SIGTERM, self.stop_timeout)])
-        finally:
-            self._lock.release()
+    def _ready(self) -> bool:
+        """Whether the server answers PING (not while loading the AOF) and is our child."""
+        with redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_connect_timeout=1.0,
+            socket_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),  # we poll ourselves, against a deadline
+        ) as client:
+            try:
+                client.ping()  # raises while the AOF is still loading
+                info = client.info("server")
+            except redis.RedisError:
+                return False
+        return bool(info.get("process_id") == self.pid)
 
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
+    def _stop_signals(self) -> list[tuple[signal.Signals, float]]:
+        """SIGTERM: flush the AOF, then exit."""
+        return [(signal.SIGTERM, self.stop_timeout)]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _describe(self) -> str:
+        return f"data in {self.root}"
 
     def _write_config(self) -> None:
         lines = [
@@ -168,36 +117,3 @@ class EmbeddedRedis:
             'save ""',
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
-
-    def _wait_ready(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        client = redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            socket_connect_timeout=1.0,
-            socket_timeout=1.0,
-            retry=Retry(NoBackoff(), 0),  # we poll ourselves, against a deadline
-        )
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise ServiceStartError(
-                    f"redis-server exited with code {proc.returncode} while starting; "
-                    f"{log_tail(self.log_path)}"
-                )
-            try:
-                client.ping()  # raises while the AOF is still loading
-                info = client.info("server")
-            except redis.RedisError:
-                return False
-            return bool(info.get("process_id") == proc.pid)
-
-        try:
-            if not wait_for(ready, timeout=self.start_timeout):
-                raise ServiceStartError(
-                    f"redis-server did not answer on 127.0.0.1:{self.port} within "
-                    f"{self.start_timeout:.0f} s; {log_tail(self.log_path)}"
-                )
-        finally:
-            client.close()

@@ -33,25 +33,20 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import psutil
 
+from app.devtools.embedded_service import EmbeddedService
 from app.devtools.processes import (
-    DataDirLock,
     EmbeddedServiceError,
     ServiceStartError,
-    choose_port,
     log_tail,
-    remember_port,
     spawn,
     stop_child,
     user_namespace_entry,
-    wait_for,
 )
 
 DATABASE = "copilot"
@@ -171,96 +166,27 @@ def _is_our_postmaster(pid: int, pgdata: Path) -> bool:
         return True
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedService):
     """A PostgreSQL server whose cluster lives in `data_dir/postgres`."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        port: int | None = None,
-        *,
-        start_timeout: float = 30.0,
-        stop_timeout: float = 30.0,
-    ) -> None:
-        self.data_dir = data_dir
-        self.requested_port = port
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.root = (data_dir / "postgres").absolute()
-        self.pgdata = self.root / "pgdata"
-        self.log_path = self.root / "postgres.log"
-        self._port_file = self.root / "port"
-        self._lock = DataDirLock(self.root / "copilot.lock", data_dir=data_dir, service="postgres")
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
+    service = "postgres"
+    program = "postgres"
+    readiness = "accept connections"
+    logger = _log
 
     @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while running."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def port(self) -> int:
-        """The TCP port on 127.0.0.1 while running."""
-        if self._port is None:
-            raise EmbeddedServiceError("the embedded postgres is not running")
-        return self._port
+    def pgdata(self) -> Path:
+        """The cluster's directory."""
+        return self.root / "pgdata"
 
     @property
     def url(self) -> str:
         """The SQLAlchemy async URL of the `copilot` database while running."""
         return f"postgresql+asyncpg://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
 
-    def start(self) -> str:
-        """Create the cluster on first use, start the server, and return its URL."""
-        if self._proc is not None:
-            raise EmbeddedServiceError("the embedded postgres is already running")
-        began = time.monotonic()
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock.acquire()
-        try:
-            runner = _runner()
-            self._prepare_cluster(runner)
-            self._port = choose_port(self.requested_port, self._port_file, service="postgres")
-            self._proc = runner.spawn(self._postgres_argv(), self.log_path, signal.SIGINT)
-            self._wait_ready()
-            self._ensure_database()
-            remember_port(self._port, self._port_file)
-        except BaseException:
-            self.stop()
-            raise
-        _log.info(
-            "embedded postgres ready on 127.0.0.1:%d in %.2f s (data in %s, running as %s)",
-            self._port,
-            time.monotonic() - began,
-            self.pgdata,
-            runner.description,
-        )
-        return self.url
-
-    def stop(self) -> None:
-        """Fast-shut the server down (waiting for it) and release the data dir."""
-        proc, self._proc = self._proc, None
-        self._port = None
-        try:
-            if proc is not None:
-                stop_child(proc, [(signal.SIGINT, self.stop_timeout), (signal.SIGQUIT, 5.0)])
-        finally:
-            self._lock.release()
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _prepare_cluster(self, runner: _Runner) -> None:
+    def _prepare(self) -> None:
+        """Create the cluster on first use, or check the one there (see the module docstring)."""
+        runner = _runner()
         owner = runner.owner
         if runner.user is not None:
             self.root.chmod(0o711)  # nobody must pass through to pgdata, not list it
@@ -281,6 +207,34 @@ class EmbeddedPostgres:
         elif self.pgdata.stat().st_uid != owner[0]:
             _chown_tree(self.pgdata, owner)
         self._clear_stale_postmaster_pid()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start `postgres` itself (not `pg_ctl`): SIGINT, a fast shutdown, when we die."""
+        return _runner().spawn(self._postgres_argv(), self.log_path, signal.SIGINT)
+
+    def _ready(self) -> bool:
+        """Whether pg_isready passes and postmaster.pid names our child."""
+        return self._client("pg_isready", "--timeout=1").returncode == 0 and self._owns_port()
+
+    def _after_ready(self) -> None:
+        """Create the `copilot` database if it is not there yet."""
+        script = (
+            f"SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec\n"
+        )
+        result = self._client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", stdin=script)
+        if result.returncode != 0:
+            raise ServiceStartError(
+                f"could not create the {DATABASE} database: {result.stderr.strip()}; "
+                f"{log_tail(self.log_path)}"
+            )
+
+    def _stop_signals(self) -> list[tuple[signal.Signals, float]]:
+        """A fast shutdown (SIGINT), then an immediate one (SIGQUIT)."""
+        return [(signal.SIGINT, self.stop_timeout), (signal.SIGQUIT, 5.0)]
+
+    def _describe(self) -> str:
+        return f"data in {self.pgdata}, running as {_runner().description}"
 
     def _initdb(self, runner: _Runner) -> None:
         scratch = self.root / "pgdata.initdb"
@@ -357,24 +311,6 @@ class EmbeddedPostgres:
             check=False,
         )
 
-    def _wait_ready(self) -> None:
-        proc = self._proc
-        assert proc is not None
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise ServiceStartError(
-                    f"postgres exited with code {proc.returncode} while starting; "
-                    f"{log_tail(self.log_path)}"
-                )
-            return self._client("pg_isready", "--timeout=1").returncode == 0 and self._owns_port()
-
-        if not wait_for(ready, timeout=self.start_timeout):
-            raise ServiceStartError(
-                f"postgres did not accept connections on 127.0.0.1:{self.port} within "
-                f"{self.start_timeout:.0f} s; {log_tail(self.log_path)}"
-            )
-
     def _owns_port(self) -> bool:
         """Whether postmaster.pid names our child (not another server that answered)."""
         try:
@@ -382,15 +318,3 @@ class EmbeddedPostgres:
         except OSError:
             return False
         return self._proc is not None and first.strip() == str(self._proc.pid)
-
-    def _ensure_database(self) -> None:
-        script = (
-            f"SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS "
-            f"(SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec\n"
-        )
-        result = self._client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", stdin=script)
-        if result.returncode != 0:
-            raise ServiceStartError(
-                f"could not create the {DATABASE} database: {result.stderr.strip()}; "
-                f"{log_tail(self.log_path)}"
-            )

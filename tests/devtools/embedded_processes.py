@@ -11,8 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pytest
 
 from app.devtools.embedded_service import EmbeddedService
+from app.devtools.processes import DataDirInUseError
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER = """
@@ -46,6 +48,19 @@ def holder_process(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def assert_second_start_names_the_holder(service: type[EmbeddedService], data_dir: Path) -> None:
+    """A start on `data_dir` while another process runs `service` there names it and the fix."""
+    with (
+        holder_process(service, data_dir) as (holder, _),
+        pytest.raises(DataDirInUseError) as caught,
+    ):
+        service(data_dir).start()
+    message = str(caught.value)
+    expected = f"data dir {data_dir} is in use by another copilot serve (pid {holder.pid}"
+    assert expected in message, message
+    assert "COPILOT_DATA_DIR" in message, message
 
 
 def family(pid: int) -> list[psutil.Process]:

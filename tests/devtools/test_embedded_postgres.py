@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import selectors
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -30,54 +25,12 @@ from app.devtools.processes import (
     free_port,
     wait_for,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-HOLDER = """
-import json, sys
-from pathlib import Path
-from app.devtools.embedded_postgres import EmbeddedPostgres
-service = EmbeddedPostgres(Path(sys.argv[1]))
-service.start()
-print(json.dumps({"pid": service.pid}), flush=True)
-sys.stdin.read()
-"""
-
-
-@contextmanager
-def holder_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A python process that starts the service on `data_dir`; yields it and the service pid."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(data_dir)],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            assert selector.select(timeout=60), "the holder did not start the service in time"
-        yield proc, json.loads(proc.stdout.readline())["pid"]
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-def family(pid: int) -> list[psutil.Process]:
-    """A process and all its descendants."""
-    parent = psutil.Process(pid)
-    return [parent, *parent.children(recursive=True)]
-
-
-def all_gone(processes: list[psutil.Process]) -> bool:
-    """Whether every process has exited (a zombie waiting for its reaper counts as exited)."""
-    for proc in processes:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            pass
-    return True
+from tests.devtools.embedded_processes import (
+    all_gone,
+    assert_second_start_names_the_holder,
+    family,
+    holder_process,
+)
 
 
 def query(url: str, *statements: str) -> list[object]:
@@ -138,14 +91,7 @@ def test_restart_picks_a_new_port_when_the_remembered_one_is_taken(tmp_path: Pat
 
 
 def test_second_instance_on_same_data_dir_fails_with_clear_message(tmp_path: Path) -> None:
-    with holder_process(tmp_path) as (holder, _):
-        with pytest.raises(DataDirInUseError) as caught:
-            EmbeddedPostgres(tmp_path).start()
-        message = str(caught.value)
-        assert (
-            f"data dir {tmp_path} is in use by another copilot serve (pid {holder.pid}" in message
-        )
-        assert "COPILOT_DATA_DIR" in message
+    assert_second_start_names_the_holder(EmbeddedPostgres, tmp_path)
 
 
 def test_second_instance_in_the_same_process_fails(postgres: EmbeddedPostgres) -> None:
@@ -166,7 +112,7 @@ def test_stop_leaves_no_child_processes(tmp_path: Path) -> None:
 
 
 def test_children_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
-    with holder_process(tmp_path) as (holder, postmaster):
+    with holder_process(EmbeddedPostgres, tmp_path) as (holder, postmaster):
         processes = family(postmaster)
         holder.send_signal(signal.SIGKILL)
         assert wait_for(lambda: all_gone(processes), timeout=30), "postgres outlived its parent"
