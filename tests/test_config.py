@@ -66,3 +66,9 @@ def test_the_rate_card_prices_by_longest_model_prefix() -> None:
     assert rate is not None
     assert rate.output == 5
     assert turns.rate_for("gpt-4") is None
+
+
+def test_the_readme_table_lists_every_variable() -> None:
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.default").read_text(), re.M))
+    readme = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", (ROOT / "README.md").read_text(), re.M))
+    assert listed == readme

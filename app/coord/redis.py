@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from app.config import RedisSettings
 
@@ -21,10 +21,19 @@ def create_redis(settings: RedisSettings, url: str | None = None) -> Redis | Red
     if not target:
         raise RuntimeError("no Redis URL: set REDIS_URL or let `copilot serve` embed one")
     if settings.cluster:
-        return RedisCluster.from_url(target, decode_responses=False)
-    return Redis.from_url(
-        target, decode_responses=False, health_check_interval=30, socket_keepalive=True
+        return RedisCluster.from_url(
+            target, decode_responses=False, max_connections=settings.max_connections
+        )
+    # A blocking pool: under a burst, callers wait for a connection instead of failing with
+    # "Too many connections" (redis-py's default pool raises past 100).
+    pool = BlockingConnectionPool.from_url(
+        target,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout_s,
+        health_check_interval=30,
+        socket_keepalive=True,
     )
+    return Redis(connection_pool=pool, decode_responses=False)
 
 
 class Keys:
