@@ -8,6 +8,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError
@@ -51,6 +54,17 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
+async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
+    name = "redis" if isinstance(exc, RedisError) else "database"
+    log.warning("%s unavailable: %s", name, exc)
+    return error_response(
+        503,
+        "dependency_unavailable",
+        f"the {name} is unreachable right now; nothing was stored, try again shortly",
+        {"down": [name]},
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal", "an unexpected error occurred; it has been logged")
@@ -61,4 +75,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for dependency_error in (RedisError, OperationalError, InterfaceError, PoolTimeout, OSError):
+        app.add_exception_handler(dependency_error, _dependency_down)
     app.add_exception_handler(Exception, _unexpected)

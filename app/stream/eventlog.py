@@ -88,7 +88,9 @@ class EventLogWriter:
             entry: dict[bytes, bytes] = {FIELD_DATA: b"".join(pending.frames)}
             if pending.ended:
                 entry[FIELD_END] = b"1"
-            pipe.xadd(key, entry)  # type: ignore[arg-type]
+            # NOMKSTREAM: a log that expired or was lost stays gone (readers then fall back to
+            # Postgres) rather than coming back with a gap the AI SDK would reject.
+            pipe.xadd(key, entry, nomkstream=True)  # type: ignore[arg-type]
             pipe.expire(key, self.ttl_s)
         try:
             await pipe.execute()

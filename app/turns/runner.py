@@ -26,29 +26,15 @@ from app.backends.events import Backend, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
 from app.observability import metrics
-from app.store.messages import MessageRepository
-from app.store.sessions import SessionRepository
-from app.store.turns import TurnRepository
-from app.store.usage import Usage
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
 from app.stream.sse import DONE, PING, frame
 from app.turns.adapter import ChunkAdapter
+from app.turns.persist import Attempt, FinalState, persist_final, write_partial
 from app.turns.reply import ReplyAssembler
 from app.turns.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Attempt:
-    """One attempt, remembered until the final write."""
-
-    number: int
-    context_rung: int
-    started_at: datetime
-    finished_at: datetime | None = None
-    error_code: str | None = None
 
 
 @dataclass
@@ -59,10 +45,6 @@ class TurnOutcome:
     finish_reason: str = "stop"
     error: UpstreamError | None = None
     note_code: str | None = None
-
-
-class StopRequested(Exception):
-    """Cancellation message used when a user stops the turn."""
 
 
 @dataclass
@@ -111,6 +93,7 @@ class TurnRunner:
         self.task: asyncio.Task[None] | None = None
         self._final_write: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
+        self._lease_keeper: asyncio.Task[None] | None = None
 
     # -- frames, for consumers -------------------------------------------------------------
 
@@ -161,9 +144,9 @@ class TurnRunner:
     async def _run(self) -> None:
         metrics.TURNS_ACTIVE.inc()
         metrics.TURNS_STARTED.labels(self.services.backend.name).inc()
-        side = [asyncio.create_task(self._flush_partial_loop())]
+        flusher = asyncio.create_task(self._flush_partial_loop())
         if self.lease is not None:
-            side.append(asyncio.create_task(self._keep_lease()))
+            self._lease_keeper = asyncio.create_task(self._keep_lease())
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
         try:
             await self._attempts()
@@ -180,8 +163,7 @@ class TurnRunner:
             self.adapter.end_step()
             self._fail(UpstreamError("internal", f"{type(exc).__name__}: {exc}"))
         finally:
-            for task in side:
-                task.cancel()
+            flusher.cancel()
             self._finish()
             self._final_write = asyncio.ensure_future(self._write_final())
             await asyncio.shield(self._final_write)
@@ -259,14 +241,12 @@ class TurnRunner:
             if not self.reply.dirty:
                 continue
             try:
-                async with self.services.sessions() as db:
-                    await MessageRepository(db).write_reply(
-                        self.session_id,
-                        self.assistant_message_id,
-                        parts=self.reply.parts(),
-                        status="streaming",
-                    )
-                    await db.commit()
+                await write_partial(
+                    self.services.sessions,
+                    self.session_id,
+                    self.assistant_message_id,
+                    self.reply.parts(),
+                )
             except Exception as exc:  # the final write will try again
                 log.warning("turn %s: partial flush failed: %s", self.turn_id, exc)
 
@@ -281,86 +261,67 @@ class TurnRunner:
             except Exception as exc:
                 log.warning("turn %s: lease refresh failed: %s", self.turn_id, exc)
 
-    async def _write_final(self) -> None:
-        """Write the reply, the turn row and the session totals in one transaction."""
+    def _final_state(self) -> FinalState:
         finished_at = datetime.now(UTC)
-        usage: Usage = self.adapter.usage
+        usage = self.adapter.usage
         error = self.outcome.error
+        ms = timedelta(milliseconds=1)
         ttft = (
-            int((self.first_visible_at - self.started_at) / timedelta(milliseconds=1))
-            if self.first_visible_at
-            else None
+            int((self.first_visible_at - self.started_at) / ms) if self.first_visible_at else None
         )
-        message_status = {"completed": "complete", "failed": "error"}.get(
-            self.outcome.status, self.outcome.status
+        return FinalState(
+            session_id=self.session_id,
+            turn_id=self.turn_uuid,
+            message_id=self.assistant_message_id,
+            parts=self.reply.parts(),
+            message_status={"completed": "complete", "failed": "error"}.get(
+                self.outcome.status, self.outcome.status
+            ),
+            metadata={**self._metadata(), "finishReason": self.outcome.finish_reason},
+            turn_values={
+                "status": self.outcome.status,
+                "finish_reason": self.outcome.finish_reason,
+                "error_code": error.code if error else self.outcome.note_code,
+                "error_message": error.detail[:2000] if error else None,
+                "attempts": len(self.attempts),
+                "first_token_at": self.first_visible_at,
+                "finished_at": finished_at,
+                "ttft_ms": ttft,
+                "duration_ms": int((finished_at - self.started_at) / ms),
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+                "cost_usd": self.cost,
+            },
+            attempts=list(self.attempts),
+            usage=usage,
+            cost=self.cost,
+            finished_at=finished_at,
         )
-        for delay in (0.0, 0.5, 1.0, 2.0, 4.0):
-            await asyncio.sleep(delay)
-            try:
-                async with self.services.sessions() as db:
-                    await MessageRepository(db).write_reply(
-                        self.session_id,
-                        self.assistant_message_id,
-                        parts=self.reply.parts(),
-                        status=message_status,
-                        metadata={
-                            "turnId": self.turn_id,
-                            "model": self.request.model,
-                            "usage": usage.as_dict(),
-                            "costUsd": float(self.cost),
-                            "finishReason": self.outcome.finish_reason,
-                        },
-                    )
-                    turns = TurnRepository(db)
-                    await turns.update(
-                        self.turn_uuid,
-                        status=self.outcome.status,
-                        finish_reason=self.outcome.finish_reason,
-                        error_code=error.code if error else self.outcome.note_code,
-                        error_message=error.detail[:2000] if error else None,
-                        attempts=len(self.attempts),
-                        first_token_at=self.first_visible_at,
-                        finished_at=finished_at,
-                        ttft_ms=ttft,
-                        duration_ms=int(
-                            (finished_at - self.started_at) / timedelta(milliseconds=1)
-                        ),
-                        input_tokens=usage.input_tokens,
-                        output_tokens=usage.output_tokens,
-                        cache_read_tokens=usage.cache_read_tokens,
-                        cache_write_tokens=usage.cache_write_tokens,
-                        cost_usd=self.cost,
-                    )
-                    for attempt in self.attempts:
-                        await turns.record_attempt(
-                            self.turn_uuid,
-                            attempt.number,
-                            attempt.context_rung,
-                            attempt.started_at,
-                            attempt.finished_at or finished_at,
-                            attempt.error_code,
-                        )
-                    sessions = SessionRepository(db)
-                    await sessions.add_usage(self.session_id, usage, self.cost)
-                    await sessions.set_active_turn(self.session_id, None, expected=self.turn_uuid)
-                    await db.commit()
-                break
-            except Exception as exc:
-                log.warning("turn %s: final write failed (%s); retrying", self.turn_id, exc)
-        else:
-            log.error("turn %s: final write gave up; the reply stays as last flushed", self.turn_id)
+
+    async def _write_final(self) -> None:
+        """Persist the final state; if Postgres is slow to take it, end the streams meanwhile."""
+        await persist_final(self.services.sessions, self._final_state(), self._end_streams)
         await self._release()
 
-    async def _release(self) -> None:
-        """Free the session, then end the streams: a client may send its next message at once."""
-        if self.lease is not None:
-            with contextlib.suppress(Exception):
-                await self.lease.release()
+    def _end_streams(self) -> None:
+        if self.done:
+            return
         self.done = True
-        self._released.set()
         self.services.eventlog.end(self.events_key)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    async def _release(self) -> None:
+        """Free the session, then end the streams: a client may send its next message at once."""
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+        self._released.set()
+        self._end_streams()
         metrics.TURNS_ACTIVE.dec()
         metrics.TURNS_FINISHED.labels(
             self.services.backend.name,
