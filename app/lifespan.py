@@ -104,7 +104,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         stack.push_async_callback(eventlog.close)
         registry = TurnRegistry()
         services = TurnServices(
-            sessions=state.sessions,
+            engine=state.engine,
             settings=settings.turns,
             eventlog=eventlog,
             backend=AnthropicBackend(client, tools, settings.turns.max_tool_rounds),

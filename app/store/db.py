@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import (
@@ -18,6 +19,10 @@ from app.config import DatabaseSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
 def create_engine(settings: DatabaseSettings, url: str | None = None) -> AsyncEngine:
     """An asyncpg engine with a bounded pool and liveness checks."""
     target = url or settings.url
@@ -29,6 +34,8 @@ def create_engine(settings: DatabaseSettings, url: str | None = None) -> AsyncEn
         max_overflow=settings.max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
     )
 
 

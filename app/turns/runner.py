@@ -19,18 +19,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.backends.errors import UpstreamError, classify
 from app.backends.events import Backend, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
 from app.observability import metrics
+from app.store.turn_rows import TurnEnd, write_partial
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
 from app.stream.sse import DONE, PING, frame
 from app.turns.adapter import ChunkAdapter
-from app.turns.persist import Attempt, FinalState, persist_final, write_partial
+from app.turns.persist import Attempt, persist_final
 from app.turns.reply import ReplyAssembler
 from app.turns.retry import RetryPolicy
 
@@ -51,7 +52,7 @@ class TurnOutcome:
 class TurnServices:
     """What every turn on this replica shares."""
 
-    sessions: async_sessionmaker[AsyncSession]
+    engine: AsyncEngine
     settings: TurnSettings
     eventlog: EventLogWriter
     backend: Backend
@@ -242,7 +243,7 @@ class TurnRunner:
                 continue
             try:
                 await write_partial(
-                    self.services.sessions,
+                    self.services.engine,
                     self.session_id,
                     self.assistant_message_id,
                     self.reply.parts(),
@@ -261,15 +262,12 @@ class TurnRunner:
             except Exception as exc:
                 log.warning("turn %s: lease refresh failed: %s", self.turn_id, exc)
 
-    def _final_state(self) -> FinalState:
+    def _final_state(self) -> TurnEnd:
         finished_at = datetime.now(UTC)
-        usage = self.adapter.usage
         error = self.outcome.error
         ms = timedelta(milliseconds=1)
-        ttft = (
-            int((self.first_visible_at - self.started_at) / ms) if self.first_visible_at else None
-        )
-        return FinalState(
+        first = self.first_visible_at
+        return TurnEnd(
             session_id=self.session_id,
             turn_id=self.turn_uuid,
             message_id=self.assistant_message_id,
@@ -278,31 +276,22 @@ class TurnRunner:
                 self.outcome.status, self.outcome.status
             ),
             metadata={**self._metadata(), "finishReason": self.outcome.finish_reason},
-            turn_values={
-                "status": self.outcome.status,
-                "finish_reason": self.outcome.finish_reason,
-                "error_code": error.code if error else self.outcome.note_code,
-                "error_message": error.detail[:2000] if error else None,
-                "attempts": len(self.attempts),
-                "first_token_at": self.first_visible_at,
-                "finished_at": finished_at,
-                "ttft_ms": ttft,
-                "duration_ms": int((finished_at - self.started_at) / ms),
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_read_tokens": usage.cache_read_tokens,
-                "cache_write_tokens": usage.cache_write_tokens,
-                "cost_usd": self.cost,
-            },
-            attempts=list(self.attempts),
-            usage=usage,
-            cost=self.cost,
+            status=self.outcome.status,
+            finish_reason=self.outcome.finish_reason,
+            error_code=error.code if error else self.outcome.note_code,
+            error_message=error.detail[:2000] if error else None,
+            attempt_log=[attempt.as_row(finished_at) for attempt in self.attempts],
+            first_token_at=first,
             finished_at=finished_at,
+            ttft_ms=int((first - self.started_at) / ms) if first is not None else None,
+            duration_ms=int((finished_at - self.started_at) / ms),
+            usage=self.adapter.usage,
+            cost=self.cost,
         )
 
     async def _write_final(self) -> None:
         """Persist the final state; if Postgres is slow to take it, end the streams meanwhile."""
-        await persist_final(self.services.sessions, self._final_state(), self._end_streams)
+        await persist_final(self.services.engine, self._final_state(), self._end_streams)
         await self._release()
 
     def _end_streams(self) -> None:

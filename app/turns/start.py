@@ -20,6 +20,7 @@ from app.lifespan import AppState
 from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository
+from app.store.turn_rows import start_turn
 from app.store.turns import TurnRepository
 from app.stream.eventlog import open_log
 from app.turns.runner import TurnRunner
@@ -120,49 +121,91 @@ async def _answer_again(
     return existing.message_id
 
 
+async def _start_rows(
+    state: AppState, ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID, assistant_id: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """Store the turn's first rows; the history to answer, and whether this is a new chat."""
+    model = state.settings.anthropic.model
+    backend = ctx.services.backend.name
+    if order.trigger == "submit-message":
+        message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
+        started = await start_turn(
+            state.engine,
+            session_id=order.session_id,
+            user_id=order.user_id,
+            turn_id=turn_id,
+            user_message_id=message_id,
+            user_parts=order.user_parts,
+            user_metadata=order.user_metadata,
+            assistant_message_id=assistant_id,
+            backend=backend,
+            model=model,
+            replica_id=ctx.replica_id,
+        )
+        if started is not None:
+            history = [
+                *started.history,
+                {
+                    "id": message_id,
+                    "role": "user",
+                    "parts": order.user_parts,
+                    "metadata": order.user_metadata,
+                },
+            ]
+            first = started.title is None and not any(m["role"] == "user" for m in started.history)
+            return history, first
+        order.user_message_id = message_id
+    async with state.sessions() as db:
+        sessions, messages = SessionRepository(db), MessageRepository(db)
+        await sessions.get_or_create(order.user_id, order.session_id)
+        session = await sessions.get(order.user_id, order.session_id, for_update=True)
+        if session.active_turn_id is not None:
+            # We hold the lease, so that turn's replica is gone: record it as interrupted.
+            await TurnRepository(db).update(
+                session.active_turn_id, status="interrupted", error_code="interrupted"
+            )
+            await sessions.set_active_turn(order.session_id, None)
+        user_message_id = await _place_user_message(messages, order, turn_id)
+        history = [as_ui_message(m) for m in await messages.history(order.session_id)]
+        await messages.append(
+            order.session_id,
+            message_id=assistant_id,
+            role="assistant",
+            parts=[],
+            status="streaming",
+            turn_id=turn_id,
+        )
+        await TurnRepository(db).create(
+            id=turn_id,
+            session_id=order.session_id,
+            user_message_id=user_message_id,
+            assistant_message_id=assistant_id,
+            trigger=order.trigger,
+            status="running",
+            backend=backend,
+            model=model,
+            replica_id=ctx.replica_id,
+        )
+        await sessions.set_active_turn(order.session_id, turn_id)
+        await db.commit()
+    first = session.title is None and sum(m["role"] == "user" for m in history) == 1
+    return history, first
+
+
 async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> TurnRunner:
-    """Validate against stored state, persist the turn's first rows, and start its runner."""
+    """Take the session, persist the turn's first rows, and start its runner.
+
+    The common case (a new message) is one statement; anything else takes the general path.
+    The EventLog is opened before the turn becomes visible, so a resume never misses it.
+    """
+    settings = state.settings
+    turn_id = uuid.uuid4()
+    assistant_id = f"msg-{uuid.uuid4().hex}"
+    events_key = state.keys.turn_events(order.session_id, str(turn_id))
     lease = await _take_lease(state, ctx, order)
     try:
-        turn_id = uuid.uuid4()
-        assistant_id = f"msg-{uuid.uuid4().hex}"
-        settings = state.settings
-        async with state.sessions() as db:
-            sessions, messages = SessionRepository(db), MessageRepository(db)
-            session = await sessions.get_or_create(order.user_id, order.session_id)
-            session = await sessions.get(order.user_id, order.session_id, for_update=True)
-            if session.active_turn_id is not None:
-                # We hold the lease, so that turn's replica is gone: record it as interrupted.
-                await TurnRepository(db).update(
-                    session.active_turn_id, status="interrupted", error_code="interrupted"
-                )
-                await sessions.set_active_turn(order.session_id, None)
-            user_message_id = await _place_user_message(messages, order, turn_id)
-            history = [as_ui_message(m) for m in await messages.history(order.session_id)]
-            await messages.append(
-                order.session_id,
-                message_id=assistant_id,
-                role="assistant",
-                parts=[],
-                status="streaming",
-                turn_id=turn_id,
-            )
-            await TurnRepository(db).create(
-                id=turn_id,
-                session_id=order.session_id,
-                user_message_id=user_message_id,
-                assistant_message_id=assistant_id,
-                trigger=order.trigger,
-                status="running",
-                backend=ctx.services.backend.name,
-                model=settings.anthropic.model,
-                replica_id=ctx.replica_id,
-            )
-            await sessions.set_active_turn(order.session_id, turn_id)
-            first_message = session.title is None and sum(m["role"] == "user" for m in history) == 1
-            events_key = state.keys.turn_events(order.session_id, str(turn_id))
-            await open_log(state.redis, events_key, settings.turns.eventlog_ttl_s)
-            await db.commit()
+        await open_log(state.redis, events_key, settings.turns.eventlog_ttl_s)
+        history, first_message = await _start_rows(state, ctx, order, turn_id, assistant_id)
     except BaseException:
         await lease.release()
         raise
