@@ -91,7 +91,9 @@ class EventLogWriter:
             # NOMKSTREAM: a log that expired or was lost stays gone (readers then fall back to
             # Postgres) rather than coming back with a gap the AI SDK would reject.
             pipe.xadd(key, entry, nomkstream=True)  # type: ignore[arg-type]
-            pipe.expire(key, self.ttl_s)
+            if pending.ended:
+                # The TTL set when the log was opened is renewed once, from the turn's end.
+                pipe.expire(key, self.ttl_s)
         try:
             await pipe.execute()
             self._failures = 0
