@@ -1,0 +1,235 @@
+"""Load generator of bench/relay.py: N concurrent streaming chats, run in a process of its own.
+
+It speaks HTTP/1.1 over raw asyncio streams (one connection per chat, on uvloop when present)
+instead of using an HTTP client library, so that the client, which shares the machine's two
+cores with the servers it measures, spends as little CPU as possible per event.
+
+Two kinds of target:
+- `ui`: `POST /api/v1/chat {"id", "message"}` answered with the AI SDK UI message stream
+  (copilot serve, the minimal relay); a text token is a `text-delta` chunk's words.
+- `anthropic`: `POST /v1/messages` with `stream: true` (the fake upstream itself); a text
+  token is a `text_delta` event's words.
+
+Protocol with the parent: print `READY`, wait for a line on stdin, run, print one JSON line.
+Every stream has a deadline and the whole run has one, so the process always ends by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+MODEL = "claude-sonnet-4-5"
+
+
+@dataclass
+class StreamResult:
+    """What one chat saw."""
+
+    ok: bool = False
+    status: int = 0
+    ttfb_s: float | None = None
+    ttft_s: float | None = None
+    tokens: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+    finish: str | None = None
+
+
+@dataclass
+class Target:
+    """Where and what to send."""
+
+    host: str
+    port: int
+    kind: str
+    tokens: int
+    rate: float
+    prefix: str
+    requests: list[bytes] = field(default_factory=list)
+
+
+def _request(target: Target, index: int) -> bytes:
+    directive = f"[[fake:text tokens={target.tokens} rate={target.rate:g}]]"
+    if target.kind == "anthropic":
+        path = "/v1/messages"
+        body = orjson.dumps(
+            {
+                "model": MODEL,
+                "max_tokens": 4096,
+                "stream": True,
+                "messages": [{"role": "user", "content": directive}],
+            }
+        )
+        extra = b"x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
+    else:
+        path = "/api/v1/chat"
+        body = orjson.dumps({"id": f"{target.prefix}-{index}", "message": directive})
+        extra = b"accept: text/event-stream\r\n"
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: {target.host}:{target.port}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n"
+    ).encode()
+    return head + extra + b"\r\n" + body
+
+
+class _SSE:
+    """Splits a byte stream into SSE events and keeps what the measurement needs."""
+
+    __slots__ = ("anthropic", "buf", "t0", "result", "parts", "done")
+
+    def __init__(self, anthropic: bool, t0: float, result: StreamResult) -> None:
+        self.anthropic = anthropic
+        self.buf = b""
+        self.t0 = t0
+        self.result = result
+        self.parts: list[str] = []
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        buf = self.buf + data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        *events, self.buf = buf.split(b"\n\n")
+        for raw in events:
+            for line in raw.split(b"\n"):
+                if line.startswith(b"data: "):
+                    self._data(line[6:])
+
+    def _data(self, payload: bytes) -> None:
+        if self.anthropic:
+            if b'"text_delta"' in payload:
+                self._text(orjson.loads(payload)["delta"]["text"])
+            elif b'"message_stop"' in payload:
+                self.done = True
+            elif b'"type":"error"' in payload:
+                self.result.error = payload[:200].decode(errors="replace")
+            elif b'"message_delta"' in payload:
+                self.result.finish = orjson.loads(payload)["delta"]["stop_reason"]
+            return
+        if b'"text-delta"' in payload:
+            self._text(orjson.loads(payload)["delta"])
+        elif payload == b"[DONE]":
+            self.done = True
+        elif b'"type":"finish"' in payload:
+            self.result.finish = orjson.loads(payload)["finishReason"]
+        elif b'"type":"error"' in payload or b'"data-error"' in payload:
+            self.result.error = payload[:200].decode(errors="replace")
+
+    def _text(self, text: str) -> None:
+        if self.result.ttft_s is None:
+            self.result.ttft_s = time.perf_counter() - self.t0
+        self.parts.append(text)
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes, sse: _SSE) -> None:
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.split(b";", 1)[0], 16)
+            if size == 0:
+                return
+            sse.feed((await reader.readexactly(size + 2))[:-2])
+    marker = lower.find(b"content-length:")
+    if marker >= 0:
+        length = int(lower[marker + 15 : lower.index(b"\r\n", marker)])
+        sse.feed(await reader.readexactly(length))
+        return
+    while chunk := await reader.read(65536):
+        sse.feed(chunk)
+
+
+async def _one(target: Target, index: int, limit_s: float) -> StreamResult:
+    result = StreamResult()
+    t0 = time.perf_counter()
+    sse = _SSE(target.kind == "anthropic", t0, result)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(limit_s):
+            reader, writer = await asyncio.open_connection(target.host, target.port, limit=1 << 20)
+            writer.write(target.requests[index])
+            head = await reader.readuntil(b"\r\n\r\n")
+            result.ttfb_s = time.perf_counter() - t0
+            result.status = int(head[9:12])
+            await _read_body(reader, head, sse)
+    except TimeoutError:
+        result.error = f"timeout after {limit_s:.0f}s"
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    result.duration_s = time.perf_counter() - t0
+    result.tokens = len("".join(sse.parts).split())
+    if result.error is None:
+        if result.status != 200:
+            result.error = f"HTTP {result.status}: {sse.buf[:200]!r}"
+        elif not sse.done:
+            result.error = "stream ended without its end marker"
+        elif result.tokens != target.tokens:
+            result.error = f"{result.tokens} tokens, expected {target.tokens}"
+    result.ok = result.error is None
+    return result
+
+
+async def run(target: Target, n: int, ramp_s: float, limit_s: float) -> dict[str, Any]:
+    """Start `n` chats (spread over `ramp_s` seconds) and wait for all of them."""
+    target.requests = [_request(target, i) for i in range(n)]
+
+    async def started(index: int) -> StreamResult:
+        if ramp_s > 0 and n > 1:
+            await asyncio.sleep(ramp_s * index / (n - 1))
+        return await _one(target, index, limit_s)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    results = await asyncio.gather(*(started(i) for i in range(n)))
+    wall = time.perf_counter() - wall0
+    return {
+        "wall_s": wall,
+        "cpu_s": time.process_time() - cpu0,
+        "streams": [asdict(r) for r in results],
+    }
+
+
+def main() -> None:
+    """Parse arguments, report READY, wait for the go line, run, print the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--kind", choices=("ui", "anthropic"), required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--ramp", type=float, default=0.0)
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args()
+    url = urlsplit(args.url)
+    if url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("loadgen only targets loopback addresses")
+    target = Target(url.hostname, url.port or 80, args.kind, args.tokens, args.rate, args.prefix)
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    print("READY", flush=True)
+    sys.stdin.readline()
+    report = runner(run(target, args.n, args.ramp, args.timeout))
+    sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
