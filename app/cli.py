@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib
 import ipaddress
@@ -12,6 +13,9 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
 
 from app.config import Settings
 from app.observability.logging import setup_logging
@@ -76,16 +80,15 @@ def serve(settings: Settings, host: str, port: int) -> int:
     importer.start()
     with provisioned(settings) as ready:
         importer.join()
-        import uvicorn
-
         from app.main import create_app
         from app.store.db import migrate
 
         if ready.server.migrate_on_start:
             assert ready.database.url is not None
             migrate(ready.database.url)
-        uvicorn.run(
-            create_app(ready),
+        app = create_app(ready)
+        config = uvicorn.Config(
+            app,
             host=host,
             port=port,
             log_level=ready.server.log_level.lower(),
@@ -93,7 +96,26 @@ def serve(settings: Settings, host: str, port: int) -> int:
             lifespan="on",
             access_log=False,
         )
+        TurnAwareServer(config, app).run()
     return 0
+
+
+class TurnAwareServer(uvicorn.Server):
+    """A uvicorn server that interrupts running turns as soon as a stop is asked for.
+
+    Their streams then end with `data-error` (interrupted), `finish` and `[DONE]` while
+    uvicorn waits for open responses, instead of being cut when the grace period ends.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self.app.state, "copilot", None)
+        if state is not None and state.turns is not None and not self.should_exit:
+            asyncio.get_running_loop().call_soon_threadsafe(state.turns.registry.interrupt_all)
+        super().handle_exit(sig, frame)
 
 
 def run_migrate(settings: Settings) -> int:

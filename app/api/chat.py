@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -16,7 +15,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sse_starlette import EventSourceResponse
 
 from app.api.deps import CurrentUser, StateDep
 from app.api.schemas import SESSION_ID_PATTERN, SessionId
@@ -25,6 +23,7 @@ from app.lifespan import AppState
 from app.observability import metrics
 from app.store.sessions import SessionRepository
 from app.stream.eventlog import read_log
+from app.stream.response import EventStream
 from app.stream.sse import DONE, HEADERS, PING
 from app.turns.follow import follow_persisted
 from app.turns.runner import TurnRunner
@@ -132,63 +131,41 @@ def _stream(
     state: AppState,
     frames: AsyncIterator[bytes],
     on_close: Callable[[], None] | None = None,
-    runner: TurnRunner | None = None,
-) -> EventSourceResponse:
-    """The SSE response of a consumer.
+) -> EventStream:
+    """The SSE response of a consumer; `on_close` runs when it ends, however it ends."""
 
-    When the server begins to shut down, sse-starlette sets `shutdown`; the turn being read is
-    then interrupted at once, so the client still gets its `data-error`, `finish` and
-    `[DONE]` (within the grace period) instead of a cut connection.
-    """
-    shutdown = anyio.Event()
-
-    async def interrupt_on_shutdown() -> None:
-        await shutdown.wait()
-        if runner is not None:
-            runner.stop("shutdown")
-
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         metrics.STREAMS_ACTIVE.inc()
-        watcher = asyncio.create_task(interrupt_on_shutdown())
         try:
             async for chunk in frames:
                 yield chunk
         finally:
-            watcher.cancel()
             metrics.STREAMS_ACTIVE.dec()
             if on_close is not None:
                 on_close()
 
-    return EventSourceResponse(
-        body(),
-        headers=HEADERS,
-        ping=0,
-        send_timeout=state.settings.turns.send_timeout_s,
-        shutdown_event=shutdown,
-        shutdown_grace_period=max(0.5, state.settings.server.graceful_shutdown_s / 2),
-    )
+    return EventStream(body(), HEADERS, state.settings.turns.send_timeout_s)
 
 
 @router.post(
     "",
-    response_class=EventSourceResponse,
+    response_class=Response,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "AI SDK UI message stream v1"},
         409: {"description": "a turn is already running in this session"},
     },
 )
-async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> EventSourceResponse:
+async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Response:
     """Start a turn and answer with its UI message stream."""
     ctx = _turns(state)
     order = _order(body, user.id, state.settings.turns.max_message_chars)
     runner = await begin_turn(state, ctx, order)
-    heartbeat = state.settings.turns.heartbeat_s
 
     def on_close() -> None:
         if body.on_disconnect == "cancel" and not runner.done:
             runner.stop("stopped")
 
-    return _stream(state, runner.frames_from(0, heartbeat), on_close, runner)
+    return _stream(state, runner.frames_from(0), on_close)
 
 
 async def _replay_log(
@@ -201,7 +178,7 @@ async def _replay_log(
 
 @router.get(
     "/{session_id}/stream",
-    response_class=EventSourceResponse,
+    response_class=Response,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "replay, then live chunks"},
         204: {"description": "no active turn"},
@@ -226,7 +203,7 @@ async def resume(
     heartbeat = state.settings.turns.heartbeat_s
     runner: TurnRunner | None = _turns(state).registry.for_session(session_id)
     if runner is not None and not runner.done:
-        return _stream(state, runner.frames_from(start + 1, heartbeat), runner=runner)
+        return _stream(state, runner.frames_from(start + 1))
     if session.active_turn_id is None:
         return Response(status_code=204)
     key = state.keys.turn_events(session_id, str(session.active_turn_id))

@@ -14,7 +14,7 @@ from app.config import Settings
 from app.lifespan import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The state opened by the lifespan."""
     state: AppState = request.app.state.copilot
     return state
@@ -23,7 +23,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     """The settings the app was built with."""
     return state.settings
 
@@ -45,7 +45,7 @@ async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
-def get_redis(state: StateDep) -> Redis | RedisCluster:
+async def get_redis(state: StateDep) -> Redis | RedisCluster:
     """The shared Redis client."""
     return state.redis
 
@@ -53,7 +53,7 @@ def get_redis(state: StateDep) -> Redis | RedisCluster:
 RedisDep = Annotated["Redis | RedisCluster", Depends(get_redis)]
 
 
-def current_user(
+async def current_user(
     state: StateDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,

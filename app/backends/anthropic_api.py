@@ -104,8 +104,7 @@ class AnthropicBackend:
         }
         schemas = self.tools.schemas()
         if schemas:
-            schemas[-1] = {**schemas[-1], "cache_control": EPHEMERAL}
-            params["tools"] = schemas
+            params["tools"] = [*schemas[:-1], {**schemas[-1], "cache_control": EPHEMERAL}]
         return params
 
     async def run(self, request: TurnRequest) -> AsyncIterator[AgentEvent]:

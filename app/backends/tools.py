@@ -64,6 +64,7 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._schemas: list[dict[str, Any]] | None = None
 
     def tool(self, func: ToolFunc | None = None, *, name: str | None = None) -> Any:
         """Decorator registering `func` as a tool (usable with or without arguments)."""
@@ -80,6 +81,7 @@ class ToolRegistry:
             model = create_model(
                 f"{tool_name}_input", __config__=ConfigDict(extra="forbid"), **fields
             )
+            self._schemas = None
             self._tools[tool_name] = Tool(tool_name, doc.splitlines()[0], f, model)
             return f
 
@@ -90,8 +92,10 @@ class ToolRegistry:
         return self._tools.get(name)
 
     def schemas(self) -> list[dict[str, Any]]:
-        """Definitions of every tool, in registration order."""
-        return [t.schema() for t in self._tools.values()]
+        """Definitions of every tool, in registration order (built once per registration)."""
+        if self._schemas is None:
+            self._schemas = [t.schema() for t in self._tools.values()]
+        return self._schemas
 
     def __len__(self) -> int:
         return len(self._tools)

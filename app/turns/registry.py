@@ -36,14 +36,19 @@ class TurnRegistry:
     def __len__(self) -> int:
         return len(self._all)
 
+    def interrupt_all(self) -> int:
+        """Interrupt every running turn (the server is stopping); how many there were."""
+        runners = [r for r in self._all if r.stop("shutdown")]
+        if runners:
+            log.info("interrupting %d running turn(s)", len(runners))
+        return len(runners)
+
     async def shutdown(self, timeout_s: float) -> None:
         """Interrupt every running turn and wait for their final writes."""
         runners = list(self._all)
         if not runners:
             return
-        log.info("interrupting %d running turn(s)", len(runners))
-        for runner in runners:
-            runner.stop("shutdown")
+        self.interrupt_all()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(r.wait_persisted() for r in runners), return_exceptions=True)

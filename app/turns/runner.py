@@ -95,6 +95,10 @@ class TurnRunner:
         self._final_write: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self._lease_keeper: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._last_frame_at = self._loop.time()
+        self._pings = 0
 
     # -- frames, for consumers -------------------------------------------------------------
 
@@ -106,26 +110,43 @@ class TurnRunner:
         if not chunk.get("transient"):
             self.reply.apply(chunk)
         self.services.eventlog.append(self.events_key, encoded)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._last_frame_at = self._loop.time()
+        self._notify()
 
-    async def frames_from(self, index: int, heartbeat_s: float) -> AsyncIterator[bytes]:
+    def _notify(self) -> None:
+        # Waking the waiters resolves their futures; clearing at once re-arms the event
+        # without allocating a new one per chunk.
+        self._changed.set()
+        self._changed.clear()
+
+    async def frames_from(self, index: int) -> AsyncIterator[bytes]:
         """Frames from `index` on, then live ones, `: ping` while idle, `[DONE]` at the end."""
+        pings = self._pings
         while True:
             if index < len(self.frames):
                 batch = self.frames[index:]
                 index += len(batch)
                 yield batch[0] if len(batch) == 1 else b"".join(batch)
-                continue
-            if self.done:
+            elif self.done:
                 yield DONE
                 return
-            changed = self._changed
-            try:
-                async with asyncio.timeout(heartbeat_s):
-                    await changed.wait()
-            except TimeoutError:
+            elif pings != self._pings:
+                pings = self._pings
                 yield PING
+            else:
+                await self._changed.wait()
+
+    async def _heartbeat(self) -> None:
+        """After `COPILOT_HEARTBEAT_S` without a frame, wake the consumers to send a ping."""
+        interval = self.services.settings.heartbeat_s
+        while not self.done:
+            due = self._last_frame_at + interval - self._loop.time()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
+            self._pings += 1
+            self._last_frame_at = self._loop.time()
+            self._notify()
 
     # -- the producer ----------------------------------------------------------------------
 
@@ -146,6 +167,7 @@ class TurnRunner:
         metrics.TURNS_ACTIVE.inc()
         metrics.TURNS_STARTED.labels(self.services.backend.name).inc()
         flusher = asyncio.create_task(self._flush_partial_loop())
+        self._heartbeats = asyncio.create_task(self._heartbeat())
         if self.lease is not None:
             self._lease_keeper = asyncio.create_task(self._keep_lease())
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
@@ -299,8 +321,9 @@ class TurnRunner:
             return
         self.done = True
         self.services.eventlog.end(self.events_key)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+        self._notify()
 
     async def _release(self) -> None:
         """Free the session, then end the streams: a client may send its next message at once."""
