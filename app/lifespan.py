@@ -70,6 +70,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.backends.builtin_tools import register_builtin_tools
     from app.backends.tools import ToolRegistry
     from app.stream.eventlog import EventLogWriter
+    from app.turns.maintenance import TurnMaintenance
     from app.turns.registry import TurnRegistry
     from app.turns.runner import TurnServices
     from app.turns.titles import TitleWriter
@@ -115,5 +116,8 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             titles = TitleWriter(client, settings.anthropic.title_model, state.sessions)
             stack.push_async_callback(titles.close)
         replica = settings.server.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        maintenance = TurnMaintenance(registry, state.engine, state.redis, settings.turns)
+        maintenance.start()
+        stack.push_async_callback(maintenance.close)
         stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)
         yield TurnContext(services=services, registry=registry, replica_id=replica, titles=titles)

@@ -6,6 +6,19 @@ import secrets
 
 from redis.asyncio import Redis, RedisCluster
 
+# Takes the lease and, when a second key is given, creates that stream (one empty entry, a TTL)
+# in the same round trip: a turn's EventLog must exist before the turn is visible.
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if #KEYS == 2 then
+    redis.call('xadd', KEYS[2], '*', ARGV[4], '')
+    redis.call('expire', KEYS[2], ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+
 _REFRESH = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -21,6 +34,17 @@ return 0
 """
 
 
+async def refresh_all(redis: Redis | RedisCluster, leases: list[Lease]) -> list[bool]:
+    """Refresh many leases in one pipeline; which are still held."""
+    pipe = redis.pipeline(transaction=False)
+    for lease in leases:
+        pipe.eval(_REFRESH, 1, lease.key, lease.token, lease.ttl_ms)
+    return [bool(result) for result in await pipe.execute()]
+
+
+STREAM_FIELD = "d"  # the field of an EventLog entry that holds frames
+
+
 class Lease:
     """Exclusive ownership of `key` for `ttl_ms`, kept alive by `refresh()`."""
 
@@ -32,9 +56,13 @@ class Lease:
         self.ttl_ms = ttl_ms
         self.token = (owner or "") + ":" + secrets.token_hex(8)
 
-    async def acquire(self) -> bool:
-        """Take the lease if nobody holds it."""
-        return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+    async def acquire(self, stream: str | None = None, stream_ttl_s: int = 0) -> bool:
+        """Take the lease if nobody holds it; then also create `stream` (same hash slot)."""
+        keys = [self.key, stream] if stream else [self.key]
+        result = await self.redis.eval(
+            _ACQUIRE, len(keys), *keys, self.token, self.ttl_ms, stream_ttl_s, STREAM_FIELD
+        )
+        return bool(result)
 
     async def refresh(self) -> bool:
         """Extend the lease; False when it was lost (expired and maybe taken by another)."""

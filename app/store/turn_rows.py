@@ -59,12 +59,13 @@ ORDER BY m.seq
     bindparam("user_metadata", type_=JSONB),
 )
 
-_PARTIAL = text(
+_PARTIALS = text(
     """
-UPDATE chat_messages SET parts = :parts, updated_at = now()
-WHERE session_id = :session_id AND message_id = :message_id AND status = 'streaming'
+UPDATE chat_messages AS m SET parts = r.parts, updated_at = now()
+FROM jsonb_to_recordset(:replies) AS r(session_id text, message_id text, parts jsonb)
+WHERE m.session_id = r.session_id AND m.message_id = r.message_id AND m.status = 'streaming'
 """
-).bindparams(bindparam("parts", type_=JSONB))
+).bindparams(bindparam("replies", type_=JSONB))
 
 _FINISH = text(
     """
@@ -170,15 +171,11 @@ async def start_turn(
     return StartedTurn(title=rows[0].title, history=history)
 
 
-async def write_partial(
-    engine: AsyncEngine, session_id: str, message_id: str, parts: list[dict[str, Any]]
-) -> None:
-    """Store a streaming reply as it stands."""
+async def write_partials(engine: AsyncEngine, replies: list[dict[str, Any]]) -> None:
+    """Store streaming replies as they stand (`{session_id, message_id, parts}` each)."""
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(
-            _PARTIAL, {"session_id": session_id, "message_id": message_id, "parts": parts}
-        )
+        await conn.execute(_PARTIALS, {"replies": replies})
 
 
 @dataclass

@@ -18,25 +18,18 @@ from typing import cast
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from app.coord.lock import STREAM_FIELD
 from app.stream.sse import frame_seq, split_frames
 
 log = logging.getLogger(__name__)
 
-FIELD_DATA = b"d"
+FIELD_DATA = STREAM_FIELD.encode()  # created with the lease (`Lease.acquire`)
 FIELD_END = b"e"
 
 
 # After this many failed flushes in a row (about 10 s at the default window) queued frames
 # are dropped rather than kept in memory without end; replicas then resume from Postgres.
 MAX_FAILED_FLUSHES = 400
-
-
-async def open_log(redis: Redis | RedisCluster, key: str, ttl_s: int) -> None:
-    """Create a turn's log (an empty entry), so that it exists before anyone may resume it."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.xadd(key, {FIELD_DATA: b""})
-    pipe.expire(key, ttl_s)
-    await pipe.execute()
 
 
 @dataclass

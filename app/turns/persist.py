@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +35,13 @@ class Attempt:
 
     def as_row(self, finished_at: datetime) -> dict[str, Any]:
         """The attempt as stored in `turn_attempts`."""
-        row = asdict(self)
-        row["finished_at"] = self.finished_at or finished_at
-        return row
+        return {
+            "number": self.number,
+            "context_rung": self.context_rung,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at or finished_at,
+            "error_code": self.error_code,
+        }
 
 
 async def _try(engine: AsyncEngine, state: TurnEnd) -> bool:

@@ -33,6 +33,10 @@ class TurnRegistry:
         """The runner of the session's active turn, if it runs here."""
         return self._by_session.get(session_id)
 
+    def running(self) -> list[TurnRunner]:
+        """Every runner on this replica."""
+        return list(self._all)
+
     def __len__(self) -> int:
         return len(self._all)
 

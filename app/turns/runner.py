@@ -1,8 +1,8 @@
 """The TurnRunner: the producer of one turn.
 
 It drives the backend, turns events into chunks, keeps every encoded frame in memory for
-consumers on this replica, queues them for the EventLog, flushes the partial reply to Postgres
-every few seconds and writes the final state under a shield, whatever ends the turn: success,
+consumers on this replica, queues them for the EventLog (`TurnMaintenance` writes its partial
+reply every few seconds) and writes the final state under a shield, whatever ends it: success,
 an upstream error, a stop, or the server shutting down.
 """
 
@@ -26,7 +26,7 @@ from app.backends.events import Backend, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
 from app.observability import metrics
-from app.store.turn_rows import TurnEnd, write_partial
+from app.store.turn_rows import TurnEnd
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
 from app.stream.sse import DONE, PING, frame
@@ -94,10 +94,8 @@ class TurnRunner:
         self.task: asyncio.Task[None] | None = None
         self._final_write: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
-        self._lease_keeper: asyncio.Task[None] | None = None
-        self._heartbeats: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._last_frame_at = self._loop.time()
+        self._last_frame_at = self._last_flush_at = self._lease_refreshed_at = self._loop.time()
         self._pings = 0
 
     # -- frames, for consumers -------------------------------------------------------------
@@ -136,17 +134,30 @@ class TurnRunner:
             else:
                 await self._changed.wait()
 
-    async def _heartbeat(self) -> None:
-        """After `COPILOT_HEARTBEAT_S` without a frame, wake the consumers to send a ping."""
-        interval = self.services.settings.heartbeat_s
-        while not self.done:
-            due = self._last_frame_at + interval - self._loop.time()
-            if due > 0:
-                await asyncio.sleep(due)
-                continue
+    def ping_if_idle(self, now: float) -> None:
+        """Wake the consumers for a `: ping` after `COPILOT_HEARTBEAT_S` without a frame."""
+        if not self.done and now - self._last_frame_at >= self.services.settings.heartbeat_s:
             self._pings += 1
-            self._last_frame_at = self._loop.time()
+            self._last_frame_at = now
             self._notify()
+
+    def partial_due(self, now: float) -> list[dict[str, Any]] | None:
+        """The reply's parts if it changed and was not stored for `COPILOT_FLUSH_INTERVAL_S`."""
+        if self.done or not self.reply.dirty:
+            return None
+        if now - self._last_flush_at < self.services.settings.flush_interval_s:
+            return None
+        self._last_flush_at = now
+        return self.reply.parts()
+
+    def lease_due(self, now: float) -> Lease | None:
+        """The lease, when a third of its time has passed since the last refresh."""
+        if self.lease is None or self._released.is_set():
+            return None
+        if now - self._lease_refreshed_at < self.lease.ttl_ms / 3000:
+            return None
+        self._lease_refreshed_at = now
+        return self.lease
 
     # -- the producer ----------------------------------------------------------------------
 
@@ -166,10 +177,6 @@ class TurnRunner:
     async def _run(self) -> None:
         metrics.TURNS_ACTIVE.inc()
         metrics.TURNS_STARTED.labels(self.services.backend.name).inc()
-        flusher = asyncio.create_task(self._flush_partial_loop())
-        self._heartbeats = asyncio.create_task(self._heartbeat())
-        if self.lease is not None:
-            self._lease_keeper = asyncio.create_task(self._keep_lease())
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
         try:
             await self._attempts()
@@ -186,7 +193,6 @@ class TurnRunner:
             self.adapter.end_step()
             self._fail(UpstreamError("internal", f"{type(exc).__name__}: {exc}"))
         finally:
-            flusher.cancel()
             self._finish()
             self._final_write = asyncio.ensure_future(self._write_final())
             await asyncio.shield(self._final_write)
@@ -257,33 +263,6 @@ class TurnRunner:
 
     # -- persistence -----------------------------------------------------------------------
 
-    async def _flush_partial_loop(self) -> None:
-        interval = self.services.settings.flush_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            if not self.reply.dirty:
-                continue
-            try:
-                await write_partial(
-                    self.services.engine,
-                    self.session_id,
-                    self.assistant_message_id,
-                    self.reply.parts(),
-                )
-            except Exception as exc:  # the final write will try again
-                log.warning("turn %s: partial flush failed: %s", self.turn_id, exc)
-
-    async def _keep_lease(self) -> None:
-        assert self.lease is not None
-        every = self.lease.ttl_ms / 3000
-        while True:
-            await asyncio.sleep(every)
-            try:
-                if not await self.lease.refresh():
-                    log.warning("turn %s lost its session lease", self.turn_id)
-            except Exception as exc:
-                log.warning("turn %s: lease refresh failed: %s", self.turn_id, exc)
-
     def _final_state(self) -> TurnEnd:
         finished_at = datetime.now(UTC)
         error = self.outcome.error
@@ -321,14 +300,10 @@ class TurnRunner:
             return
         self.done = True
         self.services.eventlog.end(self.events_key)
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
         self._notify()
 
     async def _release(self) -> None:
         """Free the session, then end the streams: a client may send its next message at once."""
-        if self._lease_keeper is not None:
-            self._lease_keeper.cancel()
         if self.lease is not None:
             with contextlib.suppress(Exception):
                 await self.lease.release()

@@ -22,7 +22,6 @@ from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository
 from app.store.turn_rows import start_turn
 from app.store.turns import TurnRepository
-from app.stream.eventlog import open_log
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 
@@ -48,14 +47,18 @@ class TurnOrder:
     on_conflict: Literal["reject", "enqueue", "interrupt"]
 
 
-async def _take_lease(state: AppState, ctx: TurnContext, order: TurnOrder) -> Lease:
+async def _take_lease(
+    state: AppState, ctx: TurnContext, order: TurnOrder, events_key: str
+) -> Lease:
+    """The session's lease, with the turn's EventLog created in the same round trip."""
+    log_ttl = state.settings.turns.eventlog_ttl_s
     lease = Lease(
         state.redis,
         state.keys.session_lease(order.session_id),
         int(state.settings.turns.lease_ttl_s * 1000),
         owner=ctx.replica_id,
     )
-    if await lease.acquire():
+    if await lease.acquire(events_key, log_ttl):
         return lease
     running = ctx.registry.for_session(order.session_id)
     if running is not None and (order.on_conflict == "interrupt" or running.stopping):
@@ -63,7 +66,7 @@ async def _take_lease(state: AppState, ctx: TurnContext, order: TurnOrder) -> Le
         running.stop("stopped")
         with anyio.move_on_after(STOP_WAIT_S):
             await running.wait_persisted()
-        if await lease.acquire():
+        if await lease.acquire(events_key, log_ttl):
             return lease
     raise Conflict(
         "a turn is already running in this session: resume it with "
@@ -202,9 +205,8 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
     events_key = state.keys.turn_events(order.session_id, str(turn_id))
-    lease = await _take_lease(state, ctx, order)
+    lease = await _take_lease(state, ctx, order, events_key)
     try:
-        await open_log(state.redis, events_key, settings.turns.eventlog_ttl_s)
         history, first_message = await _start_rows(state, ctx, order, turn_id, assistant_id)
     except BaseException:
         await lease.release()
