@@ -101,6 +101,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         eventlog = EventLogWriter(
             state.redis, settings.turns.eventlog_flush_ms / 1000, settings.turns.eventlog_ttl_s
         )
+        await eventlog.load_script()
         eventlog.start()
         stack.push_async_callback(eventlog.close)
         registry = TurnRegistry()

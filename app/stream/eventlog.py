@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from app.coord.lock import STREAM_FIELD
 from app.stream.sse import frame_seq, split_frames
@@ -30,6 +30,24 @@ FIELD_END = b"e"
 # After this many failed flushes in a row (about 10 s at the default window) queued frames
 # are dropped rather than kept in memory without end; replicas then resume from Postgres.
 MAX_FAILED_FLUSHES = 400
+
+
+# KEYS: the turns' logs; ARGV[1]: TTL; then for each key its frames and "1" if it ended.
+_APPEND_ALL = f"""
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  local data, ended = ARGV[2 * i], ARGV[2 * i + 1]
+  if ended == '1' then
+    if redis.call('xadd', key, 'NOMKSTREAM', '*', '{FIELD_DATA.decode()}', data,
+                  '{FIELD_END.decode()}', '1') then
+      redis.call('expire', key, ttl)
+    end
+  else
+    redis.call('xadd', key, 'NOMKSTREAM', '*', '{FIELD_DATA.decode()}', data)
+  end
+end
+return #KEYS
+"""
 
 
 @dataclass
@@ -49,6 +67,12 @@ class EventLogWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._sha = ""
+
+    async def load_script(self) -> None:
+        """Register the batched-append script (single node only)."""
+        if not isinstance(self.redis, RedisCluster):
+            self._sha = await self.redis.script_load(_APPEND_ALL)
 
     def start(self) -> None:
         """Start the background flusher."""
@@ -76,19 +100,8 @@ class EventLogWriter:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
-        pipe = self.redis.pipeline(transaction=False)
-        for key, pending in batch.items():
-            entry: dict[bytes, bytes] = {FIELD_DATA: b"".join(pending.frames)}
-            if pending.ended:
-                entry[FIELD_END] = b"1"
-            # NOMKSTREAM: a log that expired or was lost stays gone (readers then fall back to
-            # Postgres) rather than coming back with a gap the AI SDK would reject.
-            pipe.xadd(key, entry, nomkstream=True)  # type: ignore[arg-type]
-            if pending.ended:
-                # The TTL set when the log was opened is renewed once, from the turn's end.
-                pipe.expire(key, self.ttl_s)
         try:
-            await pipe.execute()
+            await self._append(batch)
             self._failures = 0
         except (RedisError, OSError) as exc:
             self._failures += 1
@@ -105,6 +118,34 @@ class EventLogWriter:
                 earlier.ended = earlier.ended or later.ended
             self._pending = batch
             self._wake.set()
+
+    async def _append(self, batch: dict[str, _Pending]) -> None:
+        # NOMKSTREAM: a log that expired or was lost stays gone (readers then fall back to
+        # Postgres) rather than coming back with a gap the AI SDK would reject. The TTL set
+        # when the log was created is renewed once, at the turn's end.
+        if isinstance(self.redis, RedisCluster):
+            pipe = self.redis.pipeline(transaction=False)
+            for key, pending in batch.items():
+                entry = {FIELD_DATA: b"".join(pending.frames)}
+                if pending.ended:
+                    entry[FIELD_END] = b"1"
+                pipe.xadd(key, entry, nomkstream=True)  # type: ignore[arg-type]
+                if pending.ended:
+                    pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+            return
+        # One command for the whole window on a single node: per-command client costs
+        # (packing, one reply each) dominated the EventLog's CPU with a pipeline.
+        keys = list(batch)
+        args: list[bytes | int] = [self.ttl_s]
+        for pending in batch.values():
+            args.append(b"".join(pending.frames))
+            args.append(b"1" if pending.ended else b"")
+        try:
+            await self.redis.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted and forgot it
+            await self.load_script()
+            await self.redis.evalsha(self._sha, len(keys), *keys, *args)
 
     async def close(self) -> None:
         """Flush what is queued and stop."""
