@@ -54,6 +54,7 @@ class DatabaseSettings(BaseSettings):
     url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "url"))
     pool_size: int = 10
     max_overflow: int = 20
+    turn_pool_size: int = 20
 
     @field_validator("url")
     @classmethod

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.api.auth import Authenticator
 from app.config import Settings
 from app.coord.redis import Keys, create_redis
-from app.store.db import create_engine, create_session_factory
+from app.store.db import connect_args, create_engine, create_session_factory
+from app.store.turn_rows import TurnRows
 from app.turns.services import TurnContext
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class AppState:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    turn_rows: TurnRows
     redis: Redis | RedisCluster
     keys: Keys
     auth: Authenticator
@@ -47,10 +49,18 @@ def lifespan_for(settings: Settings) -> Any:
             stack.push_async_callback(engine.dispose)
             redis = create_redis(settings.redis)
             stack.push_async_callback(redis.aclose)
+            assert settings.database.url is not None
+            turn_rows = await TurnRows.open(
+                settings.database.url,
+                settings.database.turn_pool_size,
+                connect_args(settings.database.url),
+            )
+            stack.push_async_callback(turn_rows.close)
             state = AppState(
                 settings=settings,
                 engine=engine,
                 sessions=create_session_factory(engine),
+                turn_rows=turn_rows,
                 redis=redis,
                 keys=Keys(settings.redis.key_prefix),
                 auth=Authenticator(settings.auth),
@@ -101,12 +111,11 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         eventlog = EventLogWriter(
             state.redis, settings.turns.eventlog_flush_ms / 1000, settings.turns.eventlog_ttl_s
         )
-        await eventlog.load_script()
         eventlog.start()
         stack.push_async_callback(eventlog.close)
         registry = TurnRegistry()
         services = TurnServices(
-            engine=state.engine,
+            rows=state.turn_rows,
             settings=settings.turns,
             eventlog=eventlog,
             backend=AnthropicBackend(client, tools, settings.turns.max_tool_rounds),
@@ -117,7 +126,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             titles = TitleWriter(client, settings.anthropic.title_model, state.sessions)
             stack.push_async_callback(titles.close)
         replica = settings.server.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        maintenance = TurnMaintenance(registry, state.engine, state.redis, settings.turns)
+        maintenance = TurnMaintenance(registry, state.turn_rows, state.redis, settings.turns)
         maintenance.start()
         stack.push_async_callback(maintenance.close)
         stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)

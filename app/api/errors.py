@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -75,6 +76,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for dependency_error in (RedisError, OperationalError, InterfaceError, PoolTimeout, OSError):
+    dependency_errors = (
+        RedisError,
+        OperationalError,
+        InterfaceError,
+        PoolTimeout,
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.InterfaceError,
+    )
+    for dependency_error in dependency_errors:
         app.add_exception_handler(dependency_error, _dependency_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -24,7 +24,7 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _connect_args(url: str) -> dict[str, object]:
+def connect_args(url: str) -> dict[str, object]:
     """No TLS handshake attempt to a database on this machine, unless the URL asks for one."""
     parsed = make_url(url)
     if parsed.host in ("127.0.0.1", "localhost", "::1") and not {"ssl", "sslmode"} & set(
@@ -46,7 +46,7 @@ def create_engine(settings: DatabaseSettings, url: str | None = None) -> AsyncEn
         # No pre-ping: it costs a round trip per checkout (a turn makes three). A connection
         # broken by a database restart fails one request (503) and the pool is invalidated.
         pool_recycle=1800,
-        connect_args=_connect_args(target),
+        connect_args=connect_args(target),
         json_serializer=_dumps,
         json_deserializer=orjson.loads,
     )

@@ -141,6 +141,8 @@ class EventLogWriter:
         for pending in batch.values():
             args.append(b"".join(pending.frames))
             args.append(b"1" if pending.ended else b"")
+        if not self._sha:
+            await self.load_script()
         try:
             await self.redis.evalsha(self._sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted and forgot it

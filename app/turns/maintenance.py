@@ -14,11 +14,10 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import TurnSettings
 from app.coord.lock import Lease, refresh_all
-from app.store.turn_rows import write_partials
+from app.store.turn_rows import TurnRows
 from app.turns.registry import TurnRegistry
 
 log = logging.getLogger(__name__)
@@ -32,12 +31,12 @@ class TurnMaintenance:
     def __init__(
         self,
         registry: TurnRegistry,
-        engine: AsyncEngine,
+        rows: TurnRows,
         redis: Redis | RedisCluster,
         settings: TurnSettings,
     ) -> None:
         self.registry = registry
-        self.engine = engine
+        self.rows = rows
         self.redis = redis
         self.tick_s = min(MAX_TICK_S, settings.heartbeat_s / 2, settings.flush_interval_s / 2)
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +91,7 @@ class TurnMaintenance:
 
     async def _write(self, replies: list[dict[str, Any]]) -> None:
         try:
-            await write_partials(self.engine, replies)
+            await self.rows.write_partials(replies)
         except Exception as exc:  # the final write will store them anyway
             log.warning("partial replies not stored (%d turns): %s", len(replies), exc)
 

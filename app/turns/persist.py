@@ -1,4 +1,4 @@
-"""How a turn's final state reaches Postgres (`app.store.turn_rows.finish_turn`, one atomic
+"""How a turn's final state reaches Postgres (`TurnRows.finish`, one atomic
 statement): a few quick tries, then patient ones with backoff for up to
 `FINAL_WRITE_DEADLINE_S`: while Postgres is away the reply lives in memory, and the turn keeps
 its session lease so no other turn can start on a history that lacks it.
@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from app.store.turn_rows import TurnEnd, finish_turn
+from app.store.turn_rows import TurnEnd, TurnRows
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +42,20 @@ class Attempt:
         }
 
 
-async def _try(engine: AsyncEngine, state: TurnEnd) -> bool:
+async def _try(rows: TurnRows, state: TurnEnd) -> bool:
     try:
-        await finish_turn(engine, state)
+        await rows.finish(state)
         return True
     except Exception as exc:
         log.warning("turn %s: final write failed: %s", state.turn_id, exc)
         return False
 
 
-async def persist_final(engine: AsyncEngine, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
+async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
     """Write the final state: a few quick tries, then (after `on_slow()`) patient ones."""
     for delay in QUICK_TRIES:
         await asyncio.sleep(delay)
-        if await _try(engine, state):
+        if await _try(rows, state):
             return True
     on_slow()
     loop = asyncio.get_running_loop()
@@ -65,7 +63,7 @@ async def persist_final(engine: AsyncEngine, state: TurnEnd, on_slow: Callable[[
     delay = 2.0
     while loop.time() + delay < deadline:
         await asyncio.sleep(delay)
-        if await _try(engine, state):
+        if await _try(rows, state):
             log.info("turn %s: final write succeeded after Postgres came back", state.turn_id)
             return True
         delay = min(delay * 2, 30.0)

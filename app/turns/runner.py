@@ -19,14 +19,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from app.backends.errors import UpstreamError, classify
 from app.backends.events import Backend, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
 from app.observability import metrics
-from app.store.turn_rows import TurnEnd
+from app.store.turn_rows import TurnEnd, TurnRows
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
 from app.stream.sse import DONE, PING, frame
@@ -52,7 +50,7 @@ class TurnOutcome:
 class TurnServices:
     """What every turn on this replica shares."""
 
-    engine: AsyncEngine
+    rows: TurnRows
     settings: TurnSettings
     eventlog: EventLogWriter
     backend: Backend
@@ -292,7 +290,7 @@ class TurnRunner:
 
     async def _write_final(self) -> None:
         """Persist the final state; if Postgres is slow to take it, end the streams meanwhile."""
-        await persist_final(self.services.engine, self._final_state(), self._end_streams)
+        await persist_final(self.services.rows, self._final_state(), self._end_streams)
         await self._release()
 
     def _end_streams(self) -> None:

@@ -20,7 +20,6 @@ from app.lifespan import AppState
 from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository
-from app.store.turn_rows import start_turn
 from app.store.turns import TurnRepository
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
@@ -132,8 +131,7 @@ async def _start_rows(
     backend = ctx.services.backend.name
     if order.trigger == "submit-message":
         message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
-        started = await start_turn(
-            state.engine,
+        started = await state.turn_rows.start(
             session_id=order.session_id,
             user_id=order.user_id,
             turn_id=turn_id,
