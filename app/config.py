@@ -75,7 +75,8 @@ class RedisSettings(BaseSettings):
     url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "url"))
     cluster: bool = False
     key_prefix: str = "copilot"
-    max_connections: int = 1000
+    max_connections: int = 64
+    max_readers: int = 1000
     pool_timeout_s: float = 10.0
 
 

@@ -33,6 +33,7 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     turn_rows: TurnRows
     redis: Redis | RedisCluster
+    redis_readers: Redis | RedisCluster
     keys: Keys
     auth: Authenticator
     turns: TurnContext | None = None
@@ -49,6 +50,8 @@ def lifespan_for(settings: Settings) -> Any:
             stack.push_async_callback(engine.dispose)
             redis = create_redis(settings.redis)
             stack.push_async_callback(redis.aclose)
+            readers = create_redis(settings.redis, blocking_reads=True)
+            stack.push_async_callback(readers.aclose)
             assert settings.database.url is not None
             turn_rows = await TurnRows.open(
                 settings.database.url,
@@ -62,6 +65,7 @@ def lifespan_for(settings: Settings) -> Any:
                 sessions=create_session_factory(engine),
                 turn_rows=turn_rows,
                 redis=redis,
+                redis_readers=readers,
                 keys=Keys(settings.redis.key_prefix),
                 auth=Authenticator(settings.auth),
             )

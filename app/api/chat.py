@@ -171,7 +171,7 @@ async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Respons
 async def _replay_log(
     state: AppState, key: str, after: int, heartbeat_s: float
 ) -> AsyncIterator[bytes]:
-    async for chunk in read_log(state.redis, key, after, int(heartbeat_s * 1000)):
+    async for chunk in read_log(state.redis_readers, key, after, int(heartbeat_s * 1000)):
         yield PING if chunk is None else chunk
     yield DONE
 

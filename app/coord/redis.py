@@ -6,7 +6,7 @@ a session's keys stays in one Cluster slot.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
@@ -15,23 +15,31 @@ from app.config import RedisSettings
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
 
-def create_redis(settings: RedisSettings, url: str | None = None) -> Redis | RedisCluster:
-    """A client for the configured Redis; Cluster when `COPILOT_REDIS_CLUSTER` is set."""
+def create_redis(
+    settings: RedisSettings, url: str | None = None, *, blocking_reads: bool = False
+) -> Redis | RedisCluster:
+    """A client for the configured Redis; Cluster when `COPILOT_REDIS_CLUSTER` is set.
+
+    Commands share a small blocking pool: under a burst they wait for a connection instead of
+    opening hundreds (redis-py's default pool fails past 100). `blocking_reads` gives the
+    client of EventLog readers instead, whose `XREAD BLOCK` holds a connection per reader.
+    """
     target = url or settings.url
     if not target:
         raise RuntimeError("no Redis URL: set REDIS_URL or let `copilot serve` embed one")
+    size = settings.max_readers if blocking_reads else settings.max_connections
+    # No CLIENT SETINFO on connect: two round trips per new connection, for a name.
+    options: dict[str, Any] = {"driver_info": None, "socket_keepalive": True}
     if settings.cluster:
         return RedisCluster.from_url(
-            target, decode_responses=False, max_connections=settings.max_connections
+            target, decode_responses=False, max_connections=size, **options
         )
-    # A blocking pool: under a burst, callers wait for a connection instead of failing with
-    # "Too many connections" (redis-py's default pool raises past 100).
     pool = BlockingConnectionPool.from_url(
         target,
-        max_connections=settings.max_connections,
+        max_connections=size,
         timeout=settings.pool_timeout_s,
         health_check_interval=30,
-        socket_keepalive=True,
+        **options,
     )
     return Redis(connection_pool=pool, decode_responses=False)
 

@@ -10,6 +10,8 @@ the caller takes the general path (`app.turns.start`), which explains itself wit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,6 +135,24 @@ class TurnRows:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._warming: asyncio.Task[None] | None = None
+
+    def warm_up(self, size: int) -> None:
+        """Open the pool's connections in the background (a burst of new turns would otherwise
+        pay for connecting and codec set-up); a database that is down is simply not warmed."""
+
+        async def warm() -> None:
+            held: list[asyncpg.pool.PoolConnectionProxy[Any]] = []
+            try:
+                for _ in range(size):
+                    held.append(await self.pool.acquire())
+            except Exception:
+                pass
+            finally:
+                for conn in held:
+                    await self.pool.release(conn)
+
+        self._warming = asyncio.create_task(warm())
 
     @classmethod
     async def open(cls, url: str, size: int, connect_args: dict[str, Any]) -> TurnRows:
@@ -145,11 +165,20 @@ class TurnRows:
             **connect_args,
         )
         assert pool is not None
-        return cls(pool)
+        rows = cls(pool)
+        rows.warm_up(size)
+        return rows
 
     async def close(self) -> None:
         """Close every connection."""
-        await self.pool.close()
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(BaseException):
+                await self._warming
+        try:
+            await asyncio.wait_for(self.pool.close(), 10)
+        except TimeoutError:
+            self.pool.terminate()
 
     async def start(
         self,
