@@ -1,4 +1,4 @@
-"""Dependencies named by role: the app state, a unit-of-work DB session, the caller, Redis."""
+"""Dependencies named by role: the app state, the settings, a unit-of-work DB session, the caller."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from redis.asyncio import Redis, RedisCluster
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import User
@@ -43,14 +42,6 @@ async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_db, scope="function")]
-
-
-async def get_redis(state: StateDep) -> Redis | RedisCluster:
-    """The shared Redis client."""
-    return state.redis
-
-
-RedisDep = Annotated["Redis | RedisCluster", Depends(get_redis)]
 
 
 async def current_user(

@@ -46,7 +46,7 @@ STREAM_FIELD = "d"  # the field of an EventLog entry that holds frames
 
 
 class Lease:
-    """Exclusive ownership of `key` for `ttl_ms`, kept alive by `refresh()`."""
+    """Exclusive ownership of `key` for `ttl_ms`, kept alive by `refresh_all()`."""
 
     def __init__(
         self, redis: Redis | RedisCluster, key: str, ttl_ms: int, owner: str | None = None
@@ -64,17 +64,7 @@ class Lease:
         )
         return bool(result)
 
-    async def refresh(self) -> bool:
-        """Extend the lease; False when it was lost (expired and maybe taken by another)."""
-        result = await self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)
-        return bool(result)
-
     async def release(self) -> bool:
         """Give the lease up if still ours."""
         result = await self.redis.eval(_RELEASE, 1, self.key, self.token)
         return bool(result)
-
-    async def holder(self) -> str | None:
-        """The token of whoever holds the lease now."""
-        value = await self.redis.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value

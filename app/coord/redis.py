@@ -6,13 +6,11 @@ a session's keys stays in one Cluster slot.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from app.config import RedisSettings
-
-RedisClient: TypeAlias = "Redis | RedisCluster"
 
 
 def create_redis(
