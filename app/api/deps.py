@@ -1,4 +1,4 @@
-"""Dependencies named by role: the app state, the settings, a unit-of-work DB session, the caller."""
+"""Dependencies named by role: app state, settings, a unit-of-work DB session, the caller."""
 
 from __future__ import annotations
 
