@@ -124,6 +124,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             kind, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
         )
+    # Prepare the three statements into the connection's statement cache now (the pool warms
+    # up at start-up), not under the first burst of turns.
+    for statement in (_START, _PARTIALS, _FINISH):
+        with contextlib.suppress(asyncpg.PostgresError, AttributeError):
+            await conn._prepare(statement, use_cache=True)
 
 
 def _dumps(value: Any) -> str:
