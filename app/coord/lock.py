@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
 
 # Takes the lease and, when a second key is given, creates that stream (one empty entry, a TTL)
 # in the same round trip: a turn's EventLog must exist before the turn is visible.
@@ -42,6 +44,12 @@ async def refresh_all(redis: Redis | RedisCluster, leases: list[Lease]) -> list[
     return [bool(result) for result in await pipe.execute()]
 
 
+@functools.cache
+def _scripts(redis: Redis | RedisCluster) -> tuple[AsyncScript, AsyncScript]:
+    """The acquire and release scripts of a client, sent by SHA once Redis knows them."""
+    return redis.register_script(_ACQUIRE), redis.register_script(_RELEASE)
+
+
 STREAM_FIELD = "d"  # the field of an EventLog entry that holds frames
 
 
@@ -59,12 +67,11 @@ class Lease:
     async def acquire(self, stream: str | None = None, stream_ttl_s: int = 0) -> bool:
         """Take the lease if nobody holds it; then also create `stream` (same hash slot)."""
         keys = [self.key, stream] if stream else [self.key]
-        result = await self.redis.eval(
-            _ACQUIRE, len(keys), *keys, self.token, self.ttl_ms, stream_ttl_s, STREAM_FIELD
-        )
+        script = _scripts(self.redis)[0]
+        result = await script(keys, [self.token, self.ttl_ms, stream_ttl_s, STREAM_FIELD])
         return bool(result)
 
     async def release(self) -> bool:
         """Give the lease up if still ours."""
-        result = await self.redis.eval(_RELEASE, 1, self.key, self.token)
+        result = await _scripts(self.redis)[1]([self.key], [self.token])
         return bool(result)
