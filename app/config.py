@@ -52,8 +52,8 @@ class DatabaseSettings(BaseSettings):
     model_config = _config("COPILOT_DB_")
 
     url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "url"))
-    pool_size: int = 10
-    max_overflow: int = 20
+    pool_size: int = 5
+    max_overflow: int = 10
     turn_pool_size: int = 20
 
     @field_validator("url")
