@@ -130,7 +130,7 @@ class AnthropicSettings(BaseSettings):
     base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "base_url")
     )
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     title_model: str = "claude-haiku-4-5"
     max_tokens: int = 4096
     system_prompt: str = "You are a helpful assistant."

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"
 
 
 @dataclass

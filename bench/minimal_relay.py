@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"
 HEADERS = {
     "cache-control": "no-cache",
     "x-accel-buffering": "no",

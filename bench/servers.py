@@ -86,7 +86,7 @@ def warm_up(kind: str, url: str, prefix: str) -> None:
                     url + "/v1/messages",
                     headers={"x-api-key": "bench"},
                     json={
-                        "model": "claude-sonnet-4-5",
+                        "model": "claude-sonnet-4-6",
                         "max_tokens": 64,
                         "stream": True,
                         "messages": [{"role": "user", "content": directive}],
