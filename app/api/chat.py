@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -129,22 +129,18 @@ def _turns(state: AppState) -> TurnContext:
 
 def _stream(
     state: AppState,
-    frames: AsyncIterator[bytes],
+    frames: AsyncGenerator[bytes, None],
     on_close: Callable[[], None] | None = None,
 ) -> EventStream:
     """The SSE response of a consumer; `on_close` runs when it ends, however it ends."""
+    metrics.STREAMS_ACTIVE.inc()
 
-    async def body() -> AsyncGenerator[bytes, None]:
-        metrics.STREAMS_ACTIVE.inc()
-        try:
-            async for chunk in frames:
-                yield chunk
-        finally:
-            metrics.STREAMS_ACTIVE.dec()
-            if on_close is not None:
-                on_close()
+    def closed() -> None:
+        metrics.STREAMS_ACTIVE.dec()
+        if on_close is not None:
+            on_close()
 
-    return EventStream(body(), HEADERS, state.settings.turns.send_timeout_s)
+    return EventStream(frames, HEADERS, state.settings.turns.send_timeout_s, closed)
 
 
 @router.post(
@@ -170,7 +166,7 @@ async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Respons
 
 async def _replay_log(
     state: AppState, key: str, after: int, heartbeat_s: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     async for chunk in read_log(state.redis_readers, key, after, int(heartbeat_s * 1000)):
         yield PING if chunk is None else chunk
     yield DONE

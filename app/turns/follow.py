@@ -8,7 +8,7 @@ is replayed with an `interrupted` error, so the client does not wait forever.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anyio
 
@@ -35,7 +35,7 @@ async def _load(state: AppState, turn_id: uuid.UUID) -> tuple[Turn, ChatMessage 
 
 async def follow_persisted(
     state: AppState, session_id: str, turn_id: uuid.UUID, after_seq: int, heartbeat_s: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Frames rebuilt from the stored reply once the turn is over (or found orphaned)."""
     poll_s = min(heartbeat_s, state.settings.turns.flush_interval_s)
     waited = 0.0

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -115,7 +115,7 @@ class TurnRunner:
         self._changed.set()
         self._changed.clear()
 
-    async def frames_from(self, index: int) -> AsyncIterator[bytes]:
+    async def frames_from(self, index: int) -> AsyncGenerator[bytes, None]:
         """Frames from `index` on, then live ones, `: ping` while idle, `[DONE]` at the end."""
         pings = self._pings
         while True:
