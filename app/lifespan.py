@@ -7,7 +7,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,7 +37,6 @@ class AppState:
     keys: Keys
     auth: Authenticator
     turns: TurnContext | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def lifespan_for(settings: Settings) -> Any:
@@ -102,7 +101,6 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             demo = FakeUpstreamConfig(default_rate=60)
             fake = await stack.enter_async_context(fake_upstream_task(config=demo))
             base_url = fake.base_url
-            state.extras["fake_upstream"] = fake
             log.warning(
                 "no ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL: replies are SIMULATED by the "
                 "built-in fake upstream at %s",

@@ -56,10 +56,6 @@ class Keys:
         """The EventLog (a Redis Stream) of one turn."""
         return f"{self.prefix}:{{{session_id}}}:events:{turn_id}"
 
-    def active_turn(self, session_id: str) -> str:
-        """Which turn of the session is running (for resume on any replica)."""
-        return f"{self.prefix}:{{{session_id}}}:active"
-
     def stop_channel(self, session_id: str) -> str:
         """Pub/sub channel carrying stop signals for the session's turn."""
         return f"{self.prefix}:{{{session_id}}}:stop"

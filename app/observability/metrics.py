@@ -11,9 +11,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-HTTP_REQUESTS = Counter(
-    "copilot_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
-)
 TURNS_STARTED = Counter("copilot_turns_started_total", "Turns started", ["backend"])
 TURNS_FINISHED = Counter(
     "copilot_turns_finished_total", "Turns finished", ["backend", "status", "error_code"]
@@ -28,7 +25,6 @@ TTFT_SECONDS = Histogram(
 UPSTREAM_RETRIES = Counter(
     "copilot_upstream_retries_total", "Upstream calls retried", ["error_code"]
 )
-TOKENS = Counter("copilot_tokens_total", "Tokens billed", ["kind"])
 
 
 def render() -> tuple[bytes, str]:

@@ -109,26 +109,3 @@ class MessageRepository:
         """Hide a message from the history (a regenerated reply); the row stays."""
         row.superseded_at = func.now()
         await self.db.flush()
-
-    async def write_reply(
-        self,
-        session_id: str,
-        message_id: str,
-        *,
-        parts: list[Any],
-        status: str,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        """Overwrite the parts of a streaming reply: its size is the turn's, not the history's."""
-        values: dict[Any, Any] = {
-            ChatMessage.parts: parts,
-            ChatMessage.status: status,
-            ChatMessage.updated_at: func.now(),
-        }
-        if metadata is not None:
-            values[ChatMessage.metadata_] = metadata
-        await self.db.execute(
-            update(ChatMessage)
-            .where(ChatMessage.session_id == session_id, ChatMessage.message_id == message_id)
-            .values(values)
-        )

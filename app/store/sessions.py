@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -14,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.store.models import ChatSession
-from app.store.usage import Usage
 
 
 def _encode_cursor(row: ChatSession) -> str:
@@ -126,28 +124,10 @@ class SessionRepository:
             .values(title=title)
         )
 
-    async def set_active_turn(
-        self, session_id: str, turn_id: uuid.UUID | None, *, expected: uuid.UUID | None = None
-    ) -> bool:
+    async def set_active_turn(self, session_id: str, turn_id: uuid.UUID | None) -> bool:
         """Point the session at its running turn (or clear it); False if another turn holds it."""
         stmt = update(ChatSession).where(ChatSession.id == session_id)
         if turn_id is not None:
             stmt = stmt.where(ChatSession.active_turn_id.is_(None))
-        elif expected is not None:
-            stmt = stmt.where(ChatSession.active_turn_id == expected)
         result = await self.db.execute(stmt.values(active_turn_id=turn_id))
         return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def add_usage(self, session_id: str, usage: Usage, cost: Decimal) -> None:
-        """Add a turn's tokens and cost to the session totals."""
-        await self.db.execute(
-            update(ChatSession)
-            .where(ChatSession.id == session_id)
-            .values(
-                input_tokens=ChatSession.input_tokens + usage.input_tokens,
-                output_tokens=ChatSession.output_tokens + usage.output_tokens,
-                cache_read_tokens=ChatSession.cache_read_tokens + usage.cache_read_tokens,
-                cache_write_tokens=ChatSession.cache_write_tokens + usage.cache_write_tokens,
-                cost_usd=ChatSession.cost_usd + cost,
-            )
-        )

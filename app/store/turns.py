@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -42,28 +41,6 @@ class TurnRepository:
     async def update(self, turn_id: uuid.UUID, **values: Any) -> None:
         """Set columns of a turn."""
         await self.db.execute(update(Turn).where(Turn.id == turn_id).values(**values))
-
-    async def record_attempt(
-        self,
-        turn_id: uuid.UUID,
-        number: int,
-        context_rung: int,
-        started_at: datetime,
-        finished_at: datetime,
-        error_code: str | None,
-    ) -> None:
-        """Record how an attempt went (once, when the turn ends)."""
-        self.db.add(
-            TurnAttempt(
-                turn_id=turn_id,
-                number=number,
-                context_rung=context_rung,
-                started_at=started_at,
-                finished_at=finished_at,
-                error_code=error_code,
-            )
-        )
-        await self.db.flush()
 
     async def attempts(self, turn_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[TurnAttempt]]:
         """Attempts of the given turns, grouped by turn."""

@@ -79,8 +79,3 @@ class ReplyAssembler:
                 pieces.clear()
         self.dirty = False
         return [dict(part) for part in self._parts]
-
-    @property
-    def has_content(self) -> bool:
-        """Whether anything the user can see was assembled."""
-        return any(p["type"] != "step-start" for p in self._parts)
