@@ -1,8 +1,9 @@
 """The `anthropic` backend: the Messages API streamed with the `anthropic` SDK, tools run here.
 
-It uses `messages.create(stream=True)` (raw events) rather than the `messages.stream()` helper,
-which costs about twice the CPU per token. Retries are the turn's business, so the client is
-built with `max_retries=0`.
+The SDK builds, sends and authenticates each request (`with_streaming_response`, so that an
+error status raises its typed error); the 200's event stream is decoded by `anthropic_sse`,
+which costs a fraction of the SDK's per-event models (and far less than the `messages.stream()`
+helper). Retries are the turn's business, so the client is built with `max_retries=0`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import httpx2
 import orjson
 
 from app.backends.anthropic_messages import to_anthropic
+from app.backends.anthropic_sse import sse_events
 from app.backends.errors import UpstreamError, classify
 from app.backends.events import (
     AgentEvent,
@@ -182,47 +184,49 @@ class AnthropicBackend:
         stop_reason: str | None = None
         by_index: dict[int, _Block] = {}
         prefix = f"{request.turn_id[:8]}-{round_no}"
+        stopped = False
         try:
-            stream = await self.client.messages.create(
+            async with self.client.messages.with_streaming_response.create(
                 **self._params(request, messages), stream=True
-            )
-            yield StepStart()
-            async with stream:
-                async for event in stream:
-                    kind = event.type
+            ) as response:
+                yield StepStart()
+                async for event in sse_events(response.http_response.aiter_bytes()):
+                    kind = event["type"]
                     if kind == "content_block_delta":
-                        block = by_index[event.index]
-                        delta = event.delta
-                        if delta.type == "text_delta":
-                            block.text.append(delta.text)
-                            yield TextDelta(block.id, delta.text)
-                        elif delta.type == "input_json_delta":
-                            block.json.append(delta.partial_json)
-                            if delta.partial_json:
-                                yield ToolCallDelta(block.id, delta.partial_json)
-                        elif delta.type == "thinking_delta":
-                            block.thinking.append(delta.thinking)
-                            yield ReasoningDelta(block.id, delta.thinking)
-                        elif delta.type == "signature_delta":
-                            block.signature = delta.signature
+                        block = by_index[event["index"]]
+                        delta = event["delta"]
+                        delta_type = delta["type"]
+                        if delta_type == "text_delta":
+                            block.text.append(delta["text"])
+                            yield TextDelta(block.id, delta["text"])
+                        elif delta_type == "input_json_delta":
+                            block.json.append(delta["partial_json"])
+                            if delta["partial_json"]:
+                                yield ToolCallDelta(block.id, delta["partial_json"])
+                        elif delta_type == "thinking_delta":
+                            block.thinking.append(delta["thinking"])
+                            yield ReasoningDelta(block.id, delta["thinking"])
+                        elif delta_type == "signature_delta":
+                            block.signature = delta["signature"]
                     elif kind == "content_block_start":
-                        cb = event.content_block
-                        if cb.type == "tool_use":
-                            block = _Block("tool_use", cb.id, cb.name)
-                            yield ToolCallStart(cb.id, cb.name)
-                        elif cb.type == "thinking":
-                            block = _Block("thinking", f"{prefix}-r{event.index}")
+                        index = event["index"]
+                        cb = event["content_block"]
+                        if cb["type"] == "tool_use":
+                            block = _Block("tool_use", cb["id"], cb["name"])
+                            yield ToolCallStart(cb["id"], cb["name"])
+                        elif cb["type"] == "thinking":
+                            block = _Block("thinking", f"{prefix}-r{index}")
                             yield ReasoningStart(block.id)
-                        elif cb.type == "redacted_thinking":
-                            block = _Block("redacted_thinking", f"{prefix}-x{event.index}")
-                            block.signature = cb.data
+                        elif cb["type"] == "redacted_thinking":
+                            block = _Block("redacted_thinking", f"{prefix}-x{index}")
+                            block.signature = cb.get("data")
                         else:
-                            block = _Block("text", f"{prefix}-t{event.index}")
+                            block = _Block("text", f"{prefix}-t{index}")
                             yield TextStart(block.id)
-                        by_index[event.index] = block
+                        by_index[index] = block
                         blocks.append(block)
                     elif kind == "content_block_stop":
-                        block = by_index[event.index]
+                        block = by_index[event["index"]]
                         if block.kind == "text":
                             yield TextEnd(block.id)
                         elif block.kind == "thinking":
@@ -234,23 +238,18 @@ class AnthropicBackend:
                                 parsed = {"_raw": "".join(block.json)}
                             yield ToolCallReady(block.id, block.name, parsed)
                     elif kind == "message_start":
-                        u = event.message.usage
-                        usage.input_tokens = u.input_tokens or 0
-                        usage.cache_read_tokens = u.cache_read_input_tokens or 0
-                        usage.cache_write_tokens = u.cache_creation_input_tokens or 0
-                        usage.output_tokens = u.output_tokens or 0
+                        _take_usage(usage, event["message"].get("usage"))
                         yield _report(usage, reported, request.model)
                     elif kind == "message_delta":
-                        stop_reason = event.delta.stop_reason
-                        u2 = event.usage
-                        usage.output_tokens = u2.output_tokens or usage.output_tokens
-                        if getattr(u2, "input_tokens", None):
-                            usage.input_tokens = u2.input_tokens or usage.input_tokens
-                        if getattr(u2, "cache_read_input_tokens", None):
-                            usage.cache_read_tokens = u2.cache_read_input_tokens or 0
-                        if getattr(u2, "cache_creation_input_tokens", None):
-                            usage.cache_write_tokens = u2.cache_creation_input_tokens or 0
+                        stop_reason = event["delta"].get("stop_reason")
+                        _take_usage(usage, event.get("usage"))
                         yield _report(usage, reported, request.model)
+                    elif kind == "message_stop":
+                        stopped = True
+            if not stopped:
+                raise UpstreamError(
+                    "upstream_unavailable", "the model's stream ended before message_stop"
+                )
         except Exception as exc:
             failure: UpstreamError | None = classify(exc)
         else:
@@ -258,6 +257,25 @@ class AnthropicBackend:
         if failure is not None:
             raise failure
         yield stop_reason or "end_turn"
+
+
+_USAGE_FIELDS = (
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cache_read_input_tokens", "cache_read_tokens"),
+    ("cache_creation_input_tokens", "cache_write_tokens"),
+)
+
+
+def _take_usage(usage: Usage, counters: dict[str, Any] | None) -> None:
+    """Take the counters the event carries (cumulative within a message; absent or null
+    ones keep their value)."""
+    if not counters:
+        return
+    for api_name, name in _USAGE_FIELDS:
+        value = counters.get(api_name)
+        if value is not None:
+            setattr(usage, name, value)
 
 
 def _report(usage: Usage, reported: Usage, model: str) -> UsageReport:
