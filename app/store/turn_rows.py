@@ -131,6 +131,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             await conn._prepare(statement, use_cache=True)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query when a connection goes back to the pool: these statements leave no
+    session state (no SET, LISTEN, cursor or advisory lock), and asyncpg still rolls back a
+    transaction left open. The default reset is one more round trip per statement."""
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -167,6 +173,7 @@ class TurnRows:
             min_size=0,
             max_size=size,
             init=_init_connection,
+            reset=_keep_session,
             **connect_args,
         )
         assert pool is not None
