@@ -189,6 +189,7 @@ class TurnSettings(BaseSettings):
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 8.0
     lease_ttl_s: float = 30.0
+    start_concurrency: int = Field(default=16, ge=1)
     title_generation: bool = True
     rate_card: dict[str, Rate] = Field(default_factory=_default_rate_card)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -132,4 +133,10 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         maintenance.start()
         stack.push_async_callback(maintenance.close)
         stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)
-        yield TurnContext(services=services, registry=registry, replica_id=replica, titles=titles)
+        yield TurnContext(
+            services=services,
+            registry=registry,
+            replica_id=replica,
+            titles=titles,
+            starts=asyncio.Semaphore(settings.turns.start_concurrency),
+        )

@@ -68,6 +68,7 @@ class TurnRunner:
         assistant_message_id: str,
         events_key: str,
         lease: Lease | None,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
         self.services = services
         self.request = request
@@ -90,6 +91,8 @@ class TurnRunner:
         self.first_visible_at: datetime | None = None
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self._on_started = on_started
+        self._started = False
         self._final_write: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -169,14 +172,22 @@ class TurnRunner:
         if self.task is None or self.task.done():
             return False
         self.stop_reason = reason
-        self.task.cancel(reason)
+        if self._started:
+            # A task cancelled before its first step would never run `_run`'s `finally`:
+            # one that has not started sees `stop_reason` when it does.
+            self.task.cancel(reason)
         return True
 
     async def _run(self) -> None:
+        self._started = True
+        if self._on_started is not None:
+            self._on_started()
         metrics.TURNS_ACTIVE.inc()
         metrics.TURNS_STARTED.labels(self.services.backend.name).inc()
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
         try:
+            if self.stop_reason is not None:
+                raise asyncio.CancelledError(self.stop_reason)
             await self._attempts()
         except asyncio.CancelledError:
             reason = self.stop_reason or "interrupted"

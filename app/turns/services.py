@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from app.turns.registry import TurnRegistry
@@ -17,3 +18,7 @@ class TurnContext:
     registry: TurnRegistry
     replica_id: str
     titles: TitleWriter | None
+    # Admission of new turns (COPILOT_START_CONCURRENCY): under a burst the replica finishes
+    # the starts it took on (lease, first rows) before taking on more, instead of
+    # interleaving every start on the one event loop; see ARCHITECTURE.md.
+    starts: asyncio.Semaphore

@@ -6,6 +6,7 @@ runner exists, failures travel in the stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -46,8 +47,28 @@ class TurnOrder:
     on_conflict: Literal["reject", "enqueue", "interrupt"]
 
 
+class Admission:
+    """A place among the turns starting on this replica (`TurnContext.starts`), given back
+    once: when the turn's task starts, or when the start fails."""
+
+    def __init__(self, gate: asyncio.Semaphore) -> None:
+        self._gate = gate
+        self._held = False
+
+    async def take(self) -> None:
+        """Wait for a place."""
+        await self._gate.acquire()
+        self._held = True
+
+    def give_back(self) -> None:
+        """Free the place (again: nothing)."""
+        if self._held:
+            self._held = False
+            self._gate.release()
+
+
 async def _take_lease(
-    state: AppState, ctx: TurnContext, order: TurnOrder, events_key: str
+    state: AppState, ctx: TurnContext, order: TurnOrder, events_key: str, admission: Admission
 ) -> Lease:
     """The session's lease, with the turn's EventLog created in the same round trip."""
     log_ttl = state.settings.turns.eventlog_ttl_s
@@ -61,10 +82,13 @@ async def _take_lease(
         return lease
     running = ctx.registry.for_session(order.session_id)
     if running is not None and (order.on_conflict == "interrupt" or running.stopping):
-        # A turn being stopped (or one we may interrupt) frees the session within moments.
+        # A turn being stopped (or one we may interrupt) frees the session within moments;
+        # other turns may start meanwhile.
         running.stop("stopped")
+        admission.give_back()
         with anyio.move_on_after(STOP_WAIT_S):
             await running.wait_persisted()
+        await admission.take()
         if await lease.acquire(events_key, log_ttl):
             return lease
     raise Conflict(
@@ -198,16 +222,23 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
 
     The common case (a new message) is one statement; anything else takes the general path.
     The EventLog is opened before the turn becomes visible, so a resume never misses it.
+    At most `COPILOT_START_CONCURRENCY` turns are between here and their task's first step.
     """
     settings = state.settings
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
     events_key = state.keys.turn_events(order.session_id, str(turn_id))
-    lease = await _take_lease(state, ctx, order, events_key)
+    admission = Admission(ctx.starts)
+    await admission.take()
     try:
-        history, first_message = await _start_rows(state, ctx, order, turn_id, assistant_id)
+        lease = await _take_lease(state, ctx, order, events_key, admission)
+        try:
+            history, first_message = await _start_rows(state, ctx, order, turn_id, assistant_id)
+        except BaseException:
+            await lease.release()
+            raise
     except BaseException:
-        await lease.release()
+        admission.give_back()
         raise
     request = TurnRequest(
         session_id=order.session_id,
@@ -223,6 +254,7 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
         assistant_message_id=assistant_id,
         events_key=events_key,
         lease=lease,
+        on_started=admission.give_back,
     )
     ctx.registry.add(runner)
     runner.start()
