@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Literal
 
+import aiohttp
 import anthropic
 import httpx2
 
@@ -165,7 +166,13 @@ def classify(exc: BaseException) -> UpstreamError:
     if isinstance(exc, anthropic.APIError) and exc.body is not None:
         # An `event: error` inside a 200 stream, raised by the SDK's own decoder.
         return stream_error(exc.body, str(exc.message))
-    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError | httpx2.StreamError):
+    if isinstance(
+        exc,
+        anthropic.APIConnectionError
+        | httpx2.TransportError
+        | httpx2.StreamError
+        | aiohttp.ClientError,  # what the aiohttp transport does not map to httpx's errors
+    ):
         return UpstreamError("upstream_unavailable", f"connection to the model failed: {exc}")
     return UpstreamError("internal", f"{type(exc).__name__}: {exc}")
 

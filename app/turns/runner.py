@@ -35,6 +35,8 @@ from app.turns.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
+YIELD_EVERY = 32  # backend events handled between two turns of the event loop, at most
+
 
 @dataclass
 class TurnOutcome:
@@ -214,8 +216,14 @@ class TurnRunner:
             attempt = Attempt(number, self.request.context_rung, datetime.now(UTC))
             self.attempts.append(attempt)
             try:
+                handled = 0
                 async for event in self.services.backend.run(self.request):
                     self.adapter.handle(event)
+                    handled += 1
+                    if handled % YIELD_EVERY == 0:
+                        # Events already buffered (a fast upstream) arrive without the backend
+                        # ever suspending: let the rest of the event loop run now and then.
+                        await asyncio.sleep(0)
                 attempt.finished_at = datetime.now(UTC)
                 finished = self.adapter.finished
                 if finished is not None:

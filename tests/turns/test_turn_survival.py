@@ -108,14 +108,22 @@ def test_a_killed_server_keeps_the_partial_reply_and_frees_the_session(
 def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
     fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = upstream_env(fake.base_url, database_url, redis_url, COPILOT_SEND_TIMEOUT_S="1")
+    # 600,000 tokens make ~7 MB of frames: more than the kernel's socket buffers take (4 MB at
+    # most here), so the sends block however fast the turn itself is.
+    env = upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_SEND_TIMEOUT_S="1",
+        COPILOT_ANTHROPIC_MAX_TOKENS="1000000",
+    )
     sid = f"stuck-{uuid.uuid4().hex[:8]}"
     with serve(env, tmp_path) as served, served.client() as http:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         host, port = served.base_url.removeprefix("http://").split(":")
         sock.connect((host, int(port)))
-        body = orjson.dumps({"id": sid, "message": "[[fake:text tokens=100000 rate=0]]"})
+        body = orjson.dumps({"id": sid, "message": "[[fake:text tokens=600000 rate=0]]"})
         sock.sendall(
             b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
             + b"content-length: %d\r\n\r\n" % len(body)
@@ -131,6 +139,7 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
 
         wait_until(lambda: streams_active() == 1, timeout=10)
         wait_until(lambda: streams_active() == 0, timeout=20)
+        assert "dropped a client that stopped reading" in served.log()
         turn = wait_until(
             lambda: [
                 t
