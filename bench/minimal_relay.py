@@ -1,10 +1,12 @@
 """The minimal relay of bench/relay.py: the floor any Anthropic -> AI SDK UI stream server pays.
 
 FastAPI plus the `anthropic` SDK, each upstream text delta turned straight into a UI chunk.
-No database, no Redis, no retries, no EventLog, no persistence. It calls the upstream the
-way copilot serve does, so that the comparison is fair: `messages.create(stream=True)` raw
-events, `max_retries=0`, the same connection-pool limits, uvicorn with its default (uvloop,
-httptools) stack and no access log.
+No database, no Redis, no retries, no EventLog, no persistence. It uses the SDK as a peer
+would: `messages.create(stream=True)` raw events (not the costlier `messages.stream()`
+helper) on the SDK's default httpx transport, `max_retries=0`, the connection-pool limits
+copilot serve uses, uvicorn with its default (uvloop, httptools) stack and no access log.
+copilot serve reads the same API more cheaply (the SDK's aiohttp transport, its own event
+decoding): README.md says what that is worth, and what this relay gets on aiohttp too.
 
     python bench/minimal_relay.py --port 8101 --upstream http://127.0.0.1:8100
 """
