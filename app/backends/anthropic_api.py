@@ -9,6 +9,8 @@ helper). Retries are the turn's business, so the client is built with `max_retri
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,6 +44,7 @@ from app.config import AnthropicSettings
 from app.store.usage import Usage
 
 EPHEMERAL = {"type": "ephemeral"}
+ANTHROPIC_API = "https://api.anthropic.com"
 
 
 def create_client(
@@ -50,16 +53,25 @@ def create_client(
     """An async client honouring ANTHROPIC_BASE_URL, without SDK retries.
 
     It runs on the SDK's aiohttp transport (the `aiohttp` extra): per streamed token it costs
-    about a third of the CPU of the default httpx transport (bench/README.md)."""
+    about a third of the CPU of the default httpx transport (bench/README.md). That transport
+    ignores proxy variables, so when one applies to the upstream the httpx one is used."""
     key = settings.api_key.get_secret_value() if settings.api_key else "simulated"
+    url = base_url or settings.base_url or ANTHROPIC_API
+    limits = httpx2.Limits(max_connections=2000, max_keepalive_connections=500)
+    proxied = urllib.request.getproxies().get(url.split(":", 1)[0]) and not (
+        urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or "")
+    )
+    http_client = (
+        anthropic.DefaultAsyncHttpxClient(limits=limits)
+        if proxied
+        else anthropic.DefaultAioHttpClient(limits=limits)
+    )
     return anthropic.AsyncAnthropic(
         api_key=key,
-        base_url=base_url or settings.base_url,
+        base_url=url,
         max_retries=0,
         timeout=anthropic.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
-        http_client=anthropic.DefaultAioHttpClient(
-            limits=httpx2.Limits(max_connections=2000, max_keepalive_connections=500),
-        ),
+        http_client=http_client,
     )
 
 
