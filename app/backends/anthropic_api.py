@@ -2,9 +2,9 @@
 
 The SDK builds, sends and authenticates each request (`with_streaming_response`, so that an
 error status raises its typed error) over its aiohttp transport; the 200's event stream is
-decoded by `anthropic_sse`,
-which costs a fraction of the SDK's per-event models (and far less than the `messages.stream()`
-helper). Retries are the turn's business, so the client is built with `max_retries=0`.
+decoded by `anthropic_sse`, at a fraction of the CPU of the SDK's per-event models (and far
+less than the `messages.stream()` helper). Retries are the turn's business, so the client is
+built with `max_retries=0`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def create_client(
     key = settings.api_key.get_secret_value() if settings.api_key else "simulated"
     url = base_url or settings.base_url or ANTHROPIC_API
     limits = httpx2.Limits(max_connections=2000, max_keepalive_connections=500)
-    proxied = urllib.request.getproxies().get(url.split(":", 1)[0]) and not (
+    proxies = urllib.request.getproxies()
+    proxied = (proxies.get(url.split(":", 1)[0]) or proxies.get("all")) and not (
         urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or "")
     )
     http_client = (
