@@ -68,7 +68,29 @@ def test_the_rate_card_prices_by_longest_model_prefix() -> None:
     assert turns.rate_for("gpt-4") is None
 
 
-def test_the_readme_table_lists_every_variable() -> None:
-    listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.default").read_text(), re.M))
-    readme = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", (ROOT / "README.md").read_text(), re.M))
-    assert listed == readme
+def _described() -> dict[str, str | None]:
+    """Each variable of `.env.default` and the comment that describes it: the comment just
+    above it or above the variables right before it (a `# ---` section title is not one)."""
+    described: dict[str, str | None] = {}
+    comment: list[str] = []
+    current: str | None = None
+    for line in (ROOT / ".env.default").read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# ---"):
+            comment.append(line.lstrip("# ").strip())
+            continue
+        if comment:
+            current, comment = " ".join(comment), []
+        if match := re.match(r"^([A-Z][A-Z0-9_]*)=", line):
+            described[match.group(1)] = current
+        else:
+            current = None
+    return described
+
+
+def test_the_readme_table_describes_every_variable_as_env_default_does() -> None:
+    rows = re.findall(
+        r"^\| `([A-Z][A-Z0-9_]*)` \| .*? \| (.*) \|$", (ROOT / "README.md").read_text(), re.M
+    )
+    described = _described()
+    assert all(described.values()), [name for name, text in described.items() if not text]
+    assert dict(rows) == described
