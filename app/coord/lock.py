@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
+import time
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 # Takes the lease and, when a second key is given, creates that stream (one empty entry, a TTL)
 # in the same round trip: a turn's EventLog must exist before the turn is visible.
@@ -75,3 +78,16 @@ class Lease:
         """Give the lease up if still ours."""
         result = await _scripts(self.redis)[1]([self.key], [self.token])
         return bool(result)
+
+    async def release_eventually(self, retry_s: float = 0.5) -> None:
+        """Give the lease up; while Redis cannot be reached, keep trying until the lease
+        would have expired by itself (a release after that is a no-op: the token differs)."""
+        deadline = time.monotonic() + self.ttl_ms / 1000
+        while True:
+            try:
+                await self.release()
+                return
+            except (RedisError, OSError):
+                if time.monotonic() + retry_s >= deadline:
+                    return
+                await asyncio.sleep(retry_s)

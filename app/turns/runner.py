@@ -9,7 +9,6 @@ an upstream error, a stop, or the server shutting down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -35,6 +34,8 @@ from app.turns.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
+# Lease releases retried in the background (referenced here until they end).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 YIELD_EVERY = 32  # backend events handled between two turns of the event loop, at most
 
 
@@ -322,8 +323,14 @@ class TurnRunner:
     async def _release(self) -> None:
         """Free the session, then end the streams: a client may send its next message at once."""
         if self.lease is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.lease.release()
+            except Exception:
+                # Redis is unreachable: free the session the moment it is back rather than
+                # when the lease expires (COPILOT_LEASE_TTL_S).
+                task = asyncio.create_task(self.lease.release_eventually())
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
         self._released.set()
         self._end_streams()
         metrics.TURNS_ACTIVE.dec()

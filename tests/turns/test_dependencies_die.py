@@ -45,7 +45,9 @@ def served(
         pg.url,
         redis.url,
         COPILOT_FLUSH_INTERVAL_S="0.2",
-        COPILOT_LEASE_TTL_S="3",
+        # Long enough that waiting for a lease to expire would show: a session must be free
+        # as soon as its turn has ended and Redis is there to record it.
+        COPILOT_LEASE_TTL_S="60",
         COPILOT_EVENTLOG_FLUSH_MS="10",
     )
     with serve(env, tmp_path) as server:
@@ -126,6 +128,7 @@ def test_redis_down_mid_turn_the_stream_and_the_reply_survive(
         assert refused.json()["error"]["down"] == ["redis"]
         assert http.get("/readyz").status_code == 503
         redis.start()
+        # The turn ended while Redis was down; its lease is released once Redis is back.
         again = wait_until(
             lambda: (
                 (
@@ -134,7 +137,7 @@ def test_redis_down_mid_turn_the_stream_and_the_reply_survive(
                 == 200
                 and r
             ),
-            timeout=30,
+            timeout=10,
             interval=0.5,
         )
         assert_well_formed(again)
