@@ -129,6 +129,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     for statement in (_START, _PARTIALS, _FINISH):
         with contextlib.suppress(asyncpg.PostgresError, AttributeError):
             await conn._prepare(statement, use_cache=True)
+    # A prepare ends without a Sync: the server keeps its transaction open (and its table
+    # locks, and `now()`) until the next statement. End it here, since the pool does not
+    # reset connections (`_keep_session`).
+    await conn.fetchval("SELECT 1")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
