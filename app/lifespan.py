@@ -87,6 +87,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.turns.maintenance import TurnMaintenance
     from app.turns.registry import TurnRegistry
     from app.turns.runner import TurnServices
+    from app.turns.stops import StopListener
     from app.turns.titles import TitleWriter
 
     settings = state.settings
@@ -132,6 +133,9 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         maintenance = TurnMaintenance(registry, state.turn_rows, state.redis, settings.turns)
         maintenance.start()
         stack.push_async_callback(maintenance.close)
+        stops = StopListener(state.redis_readers, state.keys, registry)
+        stops.start()
+        stack.push_async_callback(stops.close)
         stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)
         yield TurnContext(
             services=services,

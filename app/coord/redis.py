@@ -59,3 +59,15 @@ class Keys:
     def stop_channel(self, session_id: str) -> str:
         """Pub/sub channel carrying stop signals for the session's turn."""
         return f"{self.prefix}:{{{session_id}}}:stop"
+
+    def stop_pattern(self) -> str:
+        """The glob pattern of every session's stop channel under this prefix."""
+        prefix = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
+        return f"{prefix}:{{*}}:stop"
+
+    def session_of_stop_channel(self, channel: str) -> str | None:
+        """The session id in a stop channel's name (None for another name)."""
+        head, tail = f"{self.prefix}:{{", "}:stop"
+        if channel.startswith(head) and channel.endswith(tail):
+            return channel[len(head) : -len(tail)] or None
+        return None

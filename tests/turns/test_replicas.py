@@ -1,4 +1,4 @@
-"""Two `copilot serve` replicas on one database and Redis: resume a turn from the other one."""
+"""Two `copilot serve` replicas on one database and Redis: resume or stop a turn from the other."""
 
 from __future__ import annotations
 
@@ -77,6 +77,24 @@ def test_stop_on_one_replica_then_send_at_once_is_accepted(replicas: tuple[Serve
     finally:
         sock.close()
     assert_well_formed(follow)
+
+
+def test_stop_on_the_other_replica_ends_the_turn_and_a_message_sent_at_once_is_accepted(
+    replicas: tuple[Served, Served],
+) -> None:
+    a, b = replicas
+    sid = f"xstop-{uuid.uuid4().hex[:8]}"
+    sock = start_turn_raw(a, sid, "[[fake:text tokens=500 rate=50]]")
+    try:
+        with b.client() as http:
+            assert http.post(f"/api/v1/chat/{sid}/stop").status_code == 202
+            follow = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": "next"})
+            turns = http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
+    finally:
+        sock.close()
+    assert_well_formed(follow)
+    assert [t["status"] for t in turns] == ["stopped", "completed"]
+    assert "stopped from another replica" in a.log()
 
 
 def test_a_resume_whose_log_is_gone_is_answered_from_postgres(
