@@ -143,4 +143,5 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             replica_id=replica,
             titles=titles,
             starts=asyncio.Semaphore(settings.turns.start_concurrency),
+            stops=stops,
         )

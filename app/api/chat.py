@@ -223,7 +223,8 @@ async def stop(
     """Stop the session's active turn: 202 when a stop was sent, 204 when none runs."""
     async with state.sessions() as db:
         session = await SessionRepository(db).get(user.id, session_id)
-    runner = _turns(state).registry.for_session(session_id)
+    turns = _turns(state)
+    runner = turns.registry.for_session(session_id)
     # Either way, answer once the turn is persisted and the session free (bounded), so that
     # a message sent right after the stop is not refused with 409.
     if runner is not None and runner.stop("stopped"):
@@ -233,9 +234,10 @@ async def stop(
     turn_id = session.active_turn_id
     if turn_id is not None:
         listeners = await state.redis.publish(state.keys.stop_channel(session_id), str(turn_id))
-        # On a Cluster the count is the receiving node's only; none at all: no replica
-        # runs the turn any more (its lease expires; the next message records it).
-        if listeners or state.settings.redis.cluster:
+        others = listeners - turns.stops.subscribed.is_set()
+        # On a Cluster the count is the receiving node's only. No other replica listening:
+        # none runs the turn any more (its lease expires; the next message records it).
+        if others > 0 or state.settings.redis.cluster:
             with anyio.move_on_after(STOP_WAIT_S):
                 await _wait_freed(state, user.id, session_id, turn_id)
         return Response(status_code=202)

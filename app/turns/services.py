@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnServices
+from app.turns.stops import StopListener
 from app.turns.titles import TitleWriter
 
 
@@ -22,3 +23,4 @@ class TurnContext:
     # the starts it took on (lease, first rows) before taking on more, instead of
     # interleaving every start on the one event loop; see ARCHITECTURE.md.
     starts: asyncio.Semaphore
+    stops: StopListener

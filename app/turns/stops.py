@@ -20,6 +20,7 @@ from app.turns.registry import TurnRegistry
 log = logging.getLogger(__name__)
 
 RETRY_S = (0.5, 5.0)  # first and largest wait before subscribing again after a failure
+POLL_S = 0.5  # longest wait for a message: how soon the listener notices it is closing
 
 
 class StopListener:
@@ -30,6 +31,7 @@ class StopListener:
         self.keys = keys
         self.registry = registry
         self.subscribed = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -37,11 +39,14 @@ class StopListener:
         self._task = asyncio.create_task(self._listen(), name="stop-listener")
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening. A cancelled pub/sub read of redis-py can swallow the cancellation,
+        so the loop also polls (`POLL_S`) and ends by itself once `_closing` is set."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=2 * POLL_S)
+            if not done:
+                log.warning("stop listener: still running after close")
 
     def deliver(self, channel: bytes, turn_id: bytes) -> bool:
         """Stop the turn named by a message, if it runs here; whether it did."""
@@ -54,15 +59,19 @@ class StopListener:
 
     async def _listen(self) -> None:
         wait = RETRY_S[0]
-        while True:
+        while not self._closing:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(self.keys.stop_pattern())
                 self.subscribed.set()
                 wait = RETRY_S[0]
-                async for message in pubsub.listen():
-                    if message["type"] == "pmessage":
+                while not self._closing:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=POLL_S
+                    )
+                    if message is not None and message["type"] == "pmessage":
                         self.deliver(message["channel"], message["data"])
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
