@@ -19,10 +19,6 @@ from app.backends.errors import UpstreamError, stream_error
 
 def _data(block: bytes) -> bytes:
     """The data of one SSE event (its `data:` lines joined), or b"" for none."""
-    if block.startswith(b"event:") and block.count(b"\n") == 1:
-        line = block[block.index(b"\n") + 1 :]  # the usual `event: x` + one `data: {...}`
-        if line.startswith(b"data:"):
-            return line[6:] if line[5:6] == b" " else line[5:]
     lines = [
         line[6:] if line[5:6] == b" " else line[5:]
         for line in block.split(b"\n")
