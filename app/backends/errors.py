@@ -137,14 +137,13 @@ def _code_for_status(status: int, message: str) -> ErrorCode:
     return "invalid_request"
 
 
-def stream_error(body: object, message: str | None = None) -> UpstreamError:
+def stream_error(body: object) -> UpstreamError:
     """The error of an `event: error` inside a 200 stream (e.g. overloaded mid-stream): the
     status says nothing, the error type in the body is what counts."""
     error = body.get("error") if isinstance(body, dict) else None
     kind = str(error.get("type", "")) if isinstance(error, dict) else ""
-    if message is None:
-        text = error.get("message") if isinstance(error, dict) else None
-        message = text if isinstance(text, str) else f"the model's stream failed ({kind})"
+    text = error.get("message") if isinstance(error, dict) else None
+    message = text if isinstance(text, str) else f"the model's stream failed ({kind})"
     if kind == "invalid_request_error" and "prompt is too long" in message.lower():
         return UpstreamError("prompt_too_long", message)
     return UpstreamError(STREAM_ERROR_CODES.get(kind, "upstream_unavailable"), message)
@@ -163,9 +162,6 @@ def classify(exc: BaseException) -> UpstreamError:
             status=exc.status_code,
             retry_after_s=retry_after(exc.response.headers, exc.status_code),
         )
-    if isinstance(exc, anthropic.APIError) and exc.body is not None:
-        # An `event: error` inside a 200 stream, raised by the SDK's own decoder.
-        return stream_error(exc.body, str(exc.message))
     if isinstance(
         exc,
         anthropic.APIConnectionError
