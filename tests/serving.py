@@ -41,6 +41,19 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) ->
         time.sleep(interval)
 
 
+def turns(http: httpx.Client, session_id: str) -> list[dict[str, Any]]:
+    """The session's turns, oldest first (`GET /sessions/{id}/turns`)."""
+    return list(http.get(f"/api/v1/sessions/{session_id}/turns").json()["turns"])
+
+
+def finished_turn(http: httpx.Client, session_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The session's first turn, once it is no longer running."""
+    done = wait_until(
+        lambda: [t for t in turns(http, session_id) if t["status"] != "running"], timeout
+    )
+    return dict(done[0])
+
+
 def clean_environ() -> dict[str, str]:
     """This process's environment without any of the server's own settings."""
     return {

@@ -18,8 +18,10 @@ from tests.serving import (
     Served,
     StreamResult,
     assert_well_formed,
+    finished_turn,
     serve,
     stream,
+    turns,
     upstream_env,
     wait_until,
 )
@@ -87,10 +89,6 @@ def read_until(lines: Iterator[str], marker: str) -> None:
         if marker in line:
             return
     raise AssertionError(f"stream ended before {marker}")
-
-
-def turns(http: httpx.Client, session_id: str) -> list[dict[str, Any]]:
-    return list(http.get(f"/api/v1/sessions/{session_id}/turns").json()["turns"])
 
 
 # -- streaming ---------------------------------------------------------------------------------
@@ -380,12 +378,6 @@ def running_turn(served: Served, sid: str, text: str, **extra: Any) -> Iterator[
         lines = running.iter_lines()
         read_until(lines, '"text-delta"')
         yield lines
-
-
-def finished_turn(http: httpx.Client, sid: str) -> dict[str, Any]:
-    """The session's first turn, once it is no longer running."""
-    done = wait_until(lambda: [t for t in turns(http, sid) if t["status"] != "running"], 20)
-    return dict(done[0])
 
 
 def test_a_second_turn_while_one_runs_is_409(http: httpx.Client, served: Served) -> None:

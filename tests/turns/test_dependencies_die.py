@@ -21,8 +21,10 @@ from tests.serving import (
     Served,
     StreamResult,
     assert_well_formed,
+    finished_turn,
     serve,
     stream,
+    turns,
     upstream_env,
     wait_until,
 )
@@ -97,7 +99,7 @@ def test_postgres_down_mid_turn_the_reply_is_stored_when_it_returns(
         )
         texts = [p["text"] for p in stored[0]["parts"] if p["type"] == "text"]
         assert texts == [result.text]
-        turn = http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"][0]
+        turn = turns(http, sid)[0]
         assert turn["status"] == "completed"
 
 
@@ -114,14 +116,7 @@ def test_redis_down_mid_turn_the_stream_and_the_reply_survive(
         result: StreamResult = box[0]
         assert_well_formed(result)
         assert len(result.text.split()) == 60
-        turn = wait_until(
-            lambda: [
-                t
-                for t in http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
-                if t["status"] != "running"
-            ],
-            timeout=20,
-        )[0]
+        turn = finished_turn(http, sid)
         assert turn["status"] == "completed"
         refused = http.post("/api/v1/chat", json={"id": sid, "message": "while redis is down"})
         assert refused.status_code == 503

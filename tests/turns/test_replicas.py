@@ -17,6 +17,7 @@ from tests.serving import (
     serve,
     start_turn_raw,
     stream,
+    turns,
     upstream_env,
     wait_until,
 )
@@ -89,11 +90,11 @@ def test_stop_on_the_other_replica_ends_the_turn_and_a_message_sent_at_once_is_a
         with b.client() as http:
             assert http.post(f"/api/v1/chat/{sid}/stop").status_code == 202
             follow = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": "next"})
-            turns = http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
+            statuses = [t["status"] for t in turns(http, sid)]
     finally:
         sock.close()
     assert_well_formed(follow)
-    assert [t["status"] for t in turns] == ["stopped", "completed"]
+    assert statuses == ["stopped", "completed"]
     assert "stopped from another replica" in a.log()
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.lifespan import AppState
+from app.turns.services import TurnContext
 from app.turns.start import TurnOrder, begin_turn
 
 
@@ -25,19 +26,18 @@ def _order(session_id: str, text_: str = "[[fake:text tokens=3 rate=0]]") -> Tur
     )
 
 
-def _state(app: FastAPI) -> AppState:
+def _state(app: FastAPI) -> tuple[AppState, TurnContext]:
     state: AppState = app.state.copilot
     assert state.turns is not None
-    return state
+    return state, state.turns
 
 
 async def test_a_turn_stopped_before_its_task_ran_still_ends_stored_and_frees_its_session(
     app: FastAPI,
 ) -> None:
-    state = _state(app)
-    assert state.turns is not None
+    state, ctx = _state(app)
     session_id = f"s-{uuid.uuid4().hex}"
-    runner = await begin_turn(state, state.turns, _order(session_id))
+    runner = await begin_turn(state, ctx, _order(session_id))
     assert runner.stop("stopped")  # before the event loop ran the turn's task at all
 
     async def read() -> list[bytes]:
@@ -61,17 +61,16 @@ async def test_a_turn_stopped_before_its_task_ran_still_ends_stored_and_frees_it
         ).scalar_one()
     assert status == "stopped"
     assert active is None
-    second = await begin_turn(state, state.turns, _order(session_id))  # the session is free
+    second = await begin_turn(state, ctx, _order(session_id))  # the session is free
     await asyncio.wait_for(second.wait_persisted(), 10)
 
 
 async def test_a_burst_of_starts_fills_every_start_place_and_gives_each_back(
     app: FastAPI,
 ) -> None:
-    state = _state(app)
-    assert state.turns is not None
+    state, ctx = _state(app)
     limit = state.settings.turns.start_concurrency
-    gate = state.turns.starts
+    gate = ctx.starts
     lowest = limit
     watching = True
 
@@ -83,7 +82,7 @@ async def test_a_burst_of_starts_fills_every_start_place_and_gives_each_back(
 
     watcher = asyncio.create_task(watch())
     runners = await asyncio.gather(
-        *(begin_turn(state, state.turns, _order(f"s-{uuid.uuid4().hex}")) for _ in range(limit * 3))
+        *(begin_turn(state, ctx, _order(f"s-{uuid.uuid4().hex}")) for _ in range(limit * 3))
     )
     watching = False
     await watcher

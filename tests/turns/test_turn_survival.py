@@ -16,9 +16,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from tests.serving import (
     assert_well_formed,
+    finished_turn,
     serve,
     start_turn_raw,
     stream,
+    turns,
     upstream_env,
     wait_until,
 )
@@ -98,8 +100,8 @@ def test_a_killed_server_keeps_the_partial_reply_and_frees_the_session(
 
         result = wait_until(next_turn, timeout=15, interval=0.2)
         assert_well_formed(result)
-        turns = http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
-        assert [t["status"] for t in turns] == ["interrupted", "completed"]
+        statuses = [t["status"] for t in turns(http, sid)]
+        assert statuses == ["interrupted", "completed"]
         history = http.get(f"/api/v1/sessions/{sid}/messages").json()["messages"]
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
         assert _text_of(history[1]["parts"]) == partial
@@ -140,14 +142,7 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
         wait_until(lambda: streams_active() == 1, timeout=10)
         wait_until(lambda: streams_active() == 0, timeout=20)
         assert "dropped a client that stopped reading" in served.log()
-        turn = wait_until(
-            lambda: [
-                t
-                for t in http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"]
-                if t["status"] != "running"
-            ],
-            timeout=30,
-        )[0]
+        turn = finished_turn(http, sid, timeout=30)
         assert turn["status"] == "completed", "the turn outlives its stuck consumer"
         sock.close()
 
