@@ -80,8 +80,9 @@ def lifespan_for(settings: Settings) -> Any:
 @contextlib.asynccontextmanager
 async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     """The model client, backend, EventLog writer and turn registry; drained at shutdown."""
-    from app.backends.anthropic_api import AnthropicBackend, create_client
+    from app.backends.anthropic_api import create_client
     from app.backends.builtin_tools import register_builtin_tools
+    from app.backends.factory import create_backend
     from app.backends.tools import ToolRegistry
     from app.stream.eventlog import EventLogWriter
     from app.turns.maintenance import TurnMaintenance
@@ -91,10 +92,6 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.turns.titles import TitleWriter
 
     settings = state.settings
-    if settings.turns.backend != "anthropic":
-        raise RuntimeError(
-            f"COPILOT_BACKEND={settings.turns.backend} is not available yet: use 'anthropic'"
-        )
     async with contextlib.AsyncExitStack() as stack:
         base_url = settings.anthropic.base_url
         if settings.anthropic.simulated:
@@ -112,6 +109,8 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         stack.push_async_callback(client.close)
         tools = ToolRegistry()
         register_builtin_tools(tools)
+        backend = create_backend(settings, client, tools)
+        stack.push_async_callback(backend.close)
         eventlog = EventLogWriter(
             state.redis, settings.turns.eventlog_flush_ms / 1000, settings.turns.eventlog_ttl_s
         )
@@ -122,7 +121,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             rows=state.turn_rows,
             settings=settings.turns,
             eventlog=eventlog,
-            backend=AnthropicBackend(client, tools, settings.turns.max_tool_rounds),
+            backend=backend,
             on_done=[registry.done],
         )
         titles = None

@@ -18,9 +18,10 @@ import anthropic
 import httpx2
 import orjson
 
+from app.backends.anthropic_errors import classify
 from app.backends.anthropic_messages import to_anthropic
 from app.backends.anthropic_sse import sse_events
-from app.backends.errors import UpstreamError, classify
+from app.backends.errors import UpstreamError
 from app.backends.events import (
     AgentEvent,
     Finished,
@@ -36,6 +37,7 @@ from app.backends.events import (
     ToolCallReady,
     ToolCallStart,
     ToolResult,
+    TurnControl,
     TurnRequest,
     UsageReport,
 )
@@ -106,27 +108,47 @@ class AnthropicBackend:
     """Streams from the Messages API and runs the tool loop client-side."""
 
     name = "anthropic"
+    # Dropping a Messages API stream loses nothing the turn has not already seen: a stop
+    # cancels the attempt at once.
+    stop_grace_s = 0.0
 
     def __init__(
-        self, client: anthropic.AsyncAnthropic, tools: ToolRegistry, max_tool_rounds: int
+        self,
+        client: anthropic.AsyncAnthropic,
+        tools: ToolRegistry,
+        settings: AnthropicSettings,
+        max_tool_rounds: int,
     ) -> None:
         self.client = client
         self.tools = tools
+        self.model = settings.model
+        self.max_tokens = settings.max_tokens
+        self.system_prompt = settings.system_prompt
         self.max_tool_rounds = max_tool_rounds
+
+    def classify(self, exc: BaseException) -> UpstreamError:
+        """Map a failure of the Messages API onto the shared taxonomy."""
+        return classify(exc)
+
+    async def forget_session(self, session_id: str) -> None:
+        """Nothing is kept per session."""
+
+    async def close(self) -> None:
+        """Nothing to release: the client belongs to whoever opened it (the lifespan)."""
 
     def _params(self, request: TurnRequest, messages: list[dict[str, Any]]) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": request.model,
-            "max_tokens": request.max_tokens,
+            "max_tokens": self.max_tokens,
             "messages": _with_breakpoints(messages),
-            "system": [{"type": "text", "text": request.system_prompt, "cache_control": EPHEMERAL}],
+            "system": [{"type": "text", "text": self.system_prompt, "cache_control": EPHEMERAL}],
         }
         schemas = self.tools.schemas()
         if schemas:
             params["tools"] = [*schemas[:-1], {**schemas[-1], "cache_control": EPHEMERAL}]
         return params
 
-    async def run(self, request: TurnRequest) -> AsyncIterator[AgentEvent]:
+    async def run(self, request: TurnRequest, control: TurnControl) -> AsyncIterator[AgentEvent]:
         """Stream one attempt: model calls and tool rounds until the model stops."""
         messages = to_anthropic(request.history)
         if not messages or messages[-1]["role"] != "user":

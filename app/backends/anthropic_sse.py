@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from app.backends.errors import UpstreamError, stream_error
+from app.backends.anthropic_errors import stream_error
+from app.backends.errors import UpstreamError
 
 
 def _data(block: bytes) -> bytes:

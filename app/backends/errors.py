@@ -1,4 +1,5 @@
-"""One taxonomy of upstream failures, shared by every backend."""
+"""One taxonomy of upstream failures, shared by every backend; each backend maps its own
+failures onto it (`Backend.classify`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,6 @@ import email.utils
 import time
 from collections.abc import Mapping
 from typing import Literal
-
-import aiohttp
-import anthropic
-import httpx2
 
 ErrorCode = Literal[
     "rate_limited",
@@ -114,7 +111,8 @@ def retry_after(headers: Mapping[str, str], status: int = 429) -> float | None:
     return max(0.0, min(waits)) if waits else None
 
 
-def _code_for_status(status: int, message: str) -> ErrorCode:
+def code_for_status(status: int, message: str) -> ErrorCode:
+    """The taxonomy code of an HTTP error status of the Messages API (and its message)."""
     lowered = message.lower()
     if status == 400 and "prompt is too long" in lowered:
         return "prompt_too_long"
@@ -135,48 +133,3 @@ def _code_for_status(status: int, message: str) -> ErrorCode:
     if status >= 500:
         return "upstream_unavailable"
     return "invalid_request"
-
-
-def stream_error(body: object) -> UpstreamError:
-    """The error of an `event: error` inside a 200 stream (e.g. overloaded mid-stream): the
-    status says nothing, the error type in the body is what counts."""
-    error = body.get("error") if isinstance(body, dict) else None
-    kind = str(error.get("type", "")) if isinstance(error, dict) else ""
-    text = error.get("message") if isinstance(error, dict) else None
-    message = text if isinstance(text, str) else f"the model's stream failed ({kind})"
-    if kind == "invalid_request_error" and "prompt is too long" in message.lower():
-        return UpstreamError("prompt_too_long", message)
-    return UpstreamError(STREAM_ERROR_CODES.get(kind, "upstream_unavailable"), message)
-
-
-def classify(exc: BaseException) -> UpstreamError:
-    """Map an exception raised while talking to the Messages API onto the taxonomy."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 400:
-        message = _error_message(exc)
-        code = _code_for_status(exc.status_code, message)
-        return UpstreamError(
-            code,
-            message,
-            status=exc.status_code,
-            retry_after_s=retry_after(exc.response.headers, exc.status_code),
-        )
-    if isinstance(
-        exc,
-        anthropic.APIConnectionError
-        | httpx2.TransportError
-        | httpx2.StreamError
-        | aiohttp.ClientError,  # what the aiohttp transport does not map to httpx's errors
-    ):
-        return UpstreamError("upstream_unavailable", f"connection to the model failed: {exc}")
-    return UpstreamError("internal", f"{type(exc).__name__}: {exc}")
-
-
-def _error_message(exc: anthropic.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return str(exc.message)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from app.backends.errors import UpstreamError
 from app.store.usage import Usage
 
 FinishReason = Literal["stop", "length", "tool-calls", "error", "other"]
@@ -96,6 +98,15 @@ class Finished:
     error_code: str | None = None
 
 
+@dataclass(slots=True)
+class StatusNote:
+    """Something the user may want to know that is not content (a transient `data-status`):
+    the backend's own retry of the upstream, a compaction."""
+
+    status: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 AgentEvent = (
     StepStart
     | StepEnd
@@ -110,29 +121,68 @@ AgentEvent = (
     | ToolCallReady
     | ToolResult
     | UsageReport
+    | StatusNote
     | Finished
 )
 
 
 @dataclass(slots=True)
 class TurnRequest:
-    """What a backend needs to answer: the visible history (UIMessages, oldest first)."""
+    """What a backend needs to answer: the visible history (UIMessages, oldest first).
+
+    Nothing here is specific to one backend: each backend holds its own configuration
+    (system prompt, output limit, options) and `model` is the backend's own default.
+    """
 
     session_id: str
     turn_id: str
     history: list[dict[str, Any]]
     model: str
-    system_prompt: str
-    max_tokens: int
+    user_id: str = ""
     context_rung: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TurnControl:
+    """What the runner tells a backend while it runs: a stop was asked for.
+
+    A backend that can stop cleanly (the Claude SDK's `interrupt()`) watches `stop` and ends
+    its attempt by itself, with what it has; the runner cancels the attempt only when it
+    has not ended `Backend.stop_grace_s` after the stop.
+    """
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the running attempt to stop."""
+        if self.reason is None:
+            self.reason = reason
+        self.stop.set()
+
+
 class Backend(Protocol):
-    """Runs one attempt of a turn; raises `UpstreamError` for upstream failures."""
+    """Runs attempts of turns; raises `UpstreamError` (or anything `classify` maps)."""
 
     name: str
+    model: str
+    # Seconds the runner waits after `TurnControl.stop` for the attempt to end by itself
+    # before cancelling it (0: cancel at once; a Messages API stream can be dropped safely).
+    stop_grace_s: float
 
-    def run(self, request: TurnRequest) -> AsyncIterator[AgentEvent]:
+    def run(self, request: TurnRequest, control: TurnControl) -> AsyncIterator[AgentEvent]:
         """Stream the events of one attempt."""
+        ...
+
+    def classify(self, exc: BaseException) -> UpstreamError:
+        """Map an exception raised by `run` onto the shared taxonomy."""
+        ...
+
+    async def forget_session(self, session_id: str) -> None:
+        """Drop everything this backend keeps for a session (it is being deleted)."""
+        ...
+
+    async def close(self) -> None:
+        """Release every process, client and file (the server is stopping)."""
         ...

@@ -9,6 +9,7 @@ an upstream error, a stop, or the server shutting down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -18,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from app.backends.errors import UpstreamError, classify
-from app.backends.events import Backend, TurnRequest
+from app.backends.errors import UpstreamError
+from app.backends.events import Backend, TurnControl, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
 from app.observability import metrics
@@ -93,6 +94,7 @@ class TurnRunner:
         self.started_at = datetime.now(UTC)
         self.first_visible_at: datetime | None = None
         self.stop_reason: str | None = None
+        self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
         self._on_started = on_started
         self._started = False
@@ -171,15 +173,30 @@ class TurnRunner:
         return self.task
 
     def stop(self, reason: str = "stopped") -> bool:
-        """Ask the turn to stop (user stop, session deletion, shutdown)."""
+        """Ask the turn to stop (user stop, session deletion, shutdown).
+
+        The backend is asked first (`TurnControl`): one that can stop cleanly ends its attempt
+        with what it has. Cancelling the task is the last resort, `Backend.stop_grace_s`
+        later (at once for a backend whose stream can simply be dropped)."""
         if self.task is None or self.task.done():
             return False
-        self.stop_reason = reason
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.control.request_stop(self.stop_reason)
         if self._started:
             # A task cancelled before its first step would never run `_run`'s `finally`:
             # one that has not started sees `stop_reason` when it does.
-            self.task.cancel(reason)
+            grace = self.services.backend.stop_grace_s
+            if grace <= 0:
+                self.task.cancel(self.stop_reason)
+            else:
+                self._loop.call_later(grace, self._cancel_if_running)
         return True
+
+    def _cancel_if_running(self) -> None:
+        if self.task is not None and not self.task.done() and self._final_write is None:
+            log.warning("turn %s: backend did not stop in time; cancelling", self.turn_id)
+            self.task.cancel(self.stop_reason)
 
     async def _run(self) -> None:
         self._started = True
@@ -192,14 +209,10 @@ class TurnRunner:
             if self.stop_reason is not None:
                 raise asyncio.CancelledError(self.stop_reason)
             await self._attempts()
+            if self.stop_reason is not None:
+                self._stopped()  # the backend honoured the stop and ended by itself
         except asyncio.CancelledError:
-            reason = self.stop_reason or "interrupted"
-            self.outcome = TurnOutcome(
-                status="stopped" if reason == "stopped" else "interrupted", finish_reason="other"
-            )
-            self.adapter.end_step()
-            if reason != "stopped":
-                self._fail(UpstreamError("interrupted", "the server shut down mid-reply"))
+            self._stopped()
         except Exception as exc:
             log.exception("turn %s failed unexpectedly", self.turn_id)
             self.adapter.end_step()
@@ -208,6 +221,15 @@ class TurnRunner:
             self._finish()
             self._final_write = asyncio.ensure_future(self._write_final())
             await asyncio.shield(self._final_write)
+
+    def _stopped(self) -> None:
+        reason = self.stop_reason or "interrupted"
+        self.outcome = TurnOutcome(
+            status="stopped" if reason == "stopped" else "interrupted", finish_reason="other"
+        )
+        self.adapter.end_step()
+        if reason != "stopped":
+            self._fail(UpstreamError("interrupted", "the server shut down mid-reply"))
 
     async def _attempts(self) -> None:
         policy = RetryPolicy.from_settings(self.services.settings)
@@ -218,7 +240,7 @@ class TurnRunner:
             self.attempts.append(attempt)
             try:
                 handled = 0
-                async for event in self.services.backend.run(self.request):
+                async for event in self.services.backend.run(self.request, self.control):
                     self.adapter.handle(event)
                     handled += 1
                     if handled % YIELD_EVERY == 0:
@@ -232,12 +254,12 @@ class TurnRunner:
                     self.outcome.note_code = finished.error_code
                 return
             except Exception as exc:
-                error = classify(exc)
+                error = self.services.backend.classify(exc)
                 attempt.finished_at = datetime.now(UTC)
                 attempt.error_code = error.code
                 self.adapter.end_step()
                 delay = None
-                if error.retryable and not self.adapter.visible:
+                if error.retryable and not self.adapter.visible and self.stop_reason is None:
                     elapsed = time.monotonic() - self.started
                     delay = policy.delay(number, elapsed, error.retry_after_s)
                 if delay is None:
@@ -250,7 +272,10 @@ class TurnRunner:
                         "retrying", attempt=number + 1, code=error.code, delay_s=round(delay, 3)
                     )
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.control.stop.wait(), delay)
+                if self.stop_reason is not None:
+                    return
 
     def _fail(self, error: UpstreamError) -> None:
         """End with `data-error`, the usage so far, then `error` (where the AI SDK stops)."""

@@ -151,7 +151,7 @@ async def _start_rows(
     state: AppState, ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID, assistant_id: str
 ) -> tuple[list[dict[str, Any]], bool]:
     """Store the turn's first rows; the history to answer, and whether this is a new chat."""
-    model = state.settings.anthropic.model
+    model = ctx.services.backend.model
     backend = ctx.services.backend.name
     if order.trigger == "submit-message":
         message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
@@ -224,7 +224,6 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
     The EventLog is opened before the turn becomes visible, so a resume never misses it.
     At most `COPILOT_START_CONCURRENCY` turns are between here and their task's first step.
     """
-    settings = state.settings
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
     events_key = state.keys.turn_events(order.session_id, str(turn_id))
@@ -244,9 +243,8 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
         session_id=order.session_id,
         turn_id=str(turn_id),
         history=history,
-        model=settings.anthropic.model,
-        system_prompt=settings.anthropic.system_prompt,
-        max_tokens=settings.anthropic.max_tokens,
+        model=ctx.services.backend.model,
+        user_id=order.user_id,
     )
     runner = TurnRunner(
         ctx.services,
