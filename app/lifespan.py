@@ -88,7 +88,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.turns.maintenance import TurnMaintenance
     from app.turns.registry import TurnRegistry
     from app.turns.runner import TurnServices
-    from app.turns.stops import StopListener
+    from app.turns.stops import StopListener, TurnStopper
     from app.turns.titles import TitleWriter
 
     settings = state.settings
@@ -143,4 +143,12 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             titles=titles,
             starts=asyncio.Semaphore(settings.turns.start_concurrency),
             stops=stops,
+            stopper=TurnStopper(
+                state.redis,
+                state.keys,
+                registry,
+                stops,
+                state.sessions,
+                cluster=settings.redis.cluster,
+            ),
         )

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any, Literal
 
-import anyio
 from fastapi import APIRouter, Header, Path, Response
 from pydantic import (
     BaseModel,
@@ -30,11 +27,9 @@ from app.stream.sse import DONE, HEADERS, PING
 from app.turns.follow import follow_persisted
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
-from app.turns.start import STOP_WAIT_S, TurnOrder, begin_turn
+from app.turns.start import TurnOrder, begin_turn
 
 router = APIRouter(prefix="/chat", tags=["chat"])
-
-FREED_POLL_S = 0.05  # how often a stop sent to another replica looks whether it took effect
 
 USER_PART_TYPES = {"text", "file"}
 MessageId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -220,37 +215,11 @@ async def stop(
     user: CurrentUser,
     state: StateDep,
 ) -> Response:
-    """Stop the session's active turn: 202 when a stop was sent, 204 when none runs."""
+    """Stop the session's active turn: 202 when a stop was sent, 204 when none runs.
+
+    The answer comes once the turn is persisted and the session free (bounded), so that a
+    message sent right after the stop is not refused with 409."""
     async with state.sessions() as db:
         session = await SessionRepository(db).get(user.id, session_id)
-    turns = _turns(state)
-    runner = turns.registry.for_session(session_id)
-    # Either way, answer once the turn is persisted and the session free (bounded), so that
-    # a message sent right after the stop is not refused with 409.
-    if runner is not None and runner.stop("stopped"):
-        with anyio.move_on_after(STOP_WAIT_S):
-            await runner.wait_persisted()
-        return Response(status_code=202)
-    turn_id = session.active_turn_id
-    if turn_id is not None:
-        listeners = await state.redis.publish(state.keys.stop_channel(session_id), str(turn_id))
-        others = listeners - turns.stops.subscribed.is_set()
-        # On a Cluster the count is the receiving node's only. No other replica listening:
-        # none runs the turn any more (its lease expires; the next message records it).
-        if others > 0 or state.settings.redis.cluster:
-            with anyio.move_on_after(STOP_WAIT_S):
-                await _wait_freed(state, user.id, session_id, turn_id)
-        return Response(status_code=202)
-    return Response(status_code=204)
-
-
-async def _wait_freed(state: AppState, user_id: str, session_id: str, turn_id: uuid.UUID) -> None:
-    """Until the session's lease is gone (its turn ended on another replica and released
-    it), or another turn has started."""
-    lease = state.keys.session_lease(session_id)
-    while await state.redis.exists(lease):
-        async with state.sessions() as db:
-            active = (await SessionRepository(db).get(user_id, session_id)).active_turn_id
-        if active not in (None, turn_id):
-            return
-        await asyncio.sleep(FREED_POLL_S)
+    stopped = await _turns(state).stopper.stop(session_id, session.active_turn_id)
+    return Response(status_code=202 if stopped else 204)

@@ -149,16 +149,18 @@ async def patch_session(
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response)
-async def delete_session(
-    session_id: SessionIdPath, user: CurrentUser, db: SessionDep, state: StateDep
-) -> Response:
+async def delete_session(session_id: SessionIdPath, user: CurrentUser, state: StateDep) -> Response:
     """Stop the active turn, delete messages, turns, transcript and workspace."""
-    sessions = SessionRepository(db)
-    await sessions.get(user.id, session_id)
-    runner = state.turns.registry.for_session(session_id) if state.turns else None
-    if runner is not None and runner.stop("stopped"):
-        await runner.wait_persisted()
-    await sessions.delete(user.id, session_id)
+    # No request-scoped DB session: it would be held while the turn stops.
+    async with state.sessions() as db:
+        session = await SessionRepository(db).get(user.id, session_id)
+    if state.turns is not None:
+        await state.turns.stopper.stop(session_id, session.active_turn_id)
+    async with state.sessions() as db:
+        await SessionRepository(db).delete(user.id, session_id)
+        await db.commit()
+    if state.turns is not None:
+        await state.turns.services.backend.forget_session(session_id)
     return Response(status_code=204)
 
 

@@ -31,9 +31,10 @@ end
 return 0
 """
 
+# Gives the lease up if still ours and, with it, any further keys (a refused start's EventLog).
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
+  return redis.call('del', unpack(KEYS))
 end
 return 0
 """
@@ -52,6 +53,9 @@ def _scripts(redis: Redis | RedisCluster) -> tuple[AsyncScript, AsyncScript]:
     """The acquire and release scripts of a client, sent by SHA once Redis knows them."""
     return redis.register_script(_ACQUIRE), redis.register_script(_RELEASE)
 
+
+# Releases retried in the background (referenced here until they end).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 STREAM_FIELD = "d"  # the field of an EventLog entry that holds frames
 
@@ -74,18 +78,28 @@ class Lease:
         result = await script(keys, [self.token, self.ttl_ms, stream_ttl_s, STREAM_FIELD])
         return bool(result)
 
-    async def release(self) -> bool:
-        """Give the lease up if still ours."""
-        result = await _scripts(self.redis)[1]([self.key], [self.token])
+    async def release(self, *drop: str) -> bool:
+        """Give the lease up if still ours, deleting the `drop` keys too (same hash slot)."""
+        result = await _scripts(self.redis)[1]([self.key, *drop], [self.token])
         return bool(result)
 
-    async def release_eventually(self, retry_s: float = 0.5) -> None:
+    async def release_or_retry(self, *drop: str) -> None:
+        """Give the lease up now; if Redis cannot be reached, keep trying in the background,
+        so the session is free the moment Redis is back rather than when the lease expires."""
+        try:
+            await self.release(*drop)
+        except (RedisError, OSError):
+            task = asyncio.create_task(self.release_eventually(drop=drop))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    async def release_eventually(self, retry_s: float = 0.5, drop: tuple[str, ...] = ()) -> None:
         """Give the lease up; while Redis cannot be reached, keep trying until the lease
         would have expired by itself (a release after that is a no-op: the token differs)."""
         deadline = time.monotonic() + self.ttl_ms / 1000
         while True:
             try:
-                await self.release()
+                await self.release(*drop)
                 return
             except (RedisError, OSError):
                 if time.monotonic() + retry_s >= deadline:

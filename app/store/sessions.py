@@ -29,6 +29,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not one this server issued", code="invalid_cursor") from exc
 
 
+def session_not_found(session_id: str) -> NotFound:
+    """The one answer for a session id the caller cannot see: unknown or someone else's."""
+    return NotFound(f"session {session_id!r} not found", code="session_not_found")
+
+
 class SessionRepository:
     """Reads and writes `chat_sessions`; only flushes, the caller commits."""
 
@@ -71,7 +76,7 @@ class SessionRepository:
             stmt = stmt.with_for_update()
         row = (await self.db.execute(stmt.execution_options(populate_existing=True))).scalar()
         if row is None:
-            raise NotFound(f"session {session_id!r} not found", code="session_not_found")
+            raise session_not_found(session_id)
         return row
 
     async def page(

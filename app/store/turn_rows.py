@@ -1,5 +1,10 @@
 """The hot path of a turn in Postgres: one statement to start it, one per flush, one to end it.
 
+Postgres is the fence (design.md §7): a turn's partial and final writes apply as written only
+while it is still its session's active turn. One that lost its session (its lease expired
+and another turn took over) still stores its own reply and usage, marked `interrupted`, and
+never touches the session's active turn.
+
 Each is a single statement run in autocommit (atomic, with no BEGIN/COMMIT round trips), so a
 turn costs three kinds of round trip whatever its length. They run on a small asyncpg pool of
 their own, without SQLAlchemy: the benchmark showed its per-statement work was a visible part of
@@ -50,19 +55,30 @@ FROM sess LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS 
 ORDER BY m.seq
 """
 
+_OWNER = "SELECT user_id FROM chat_sessions WHERE id = $1"
+_ACTIVE = "SELECT active_turn_id FROM chat_sessions WHERE id = $1"
+
 _PARTIALS = """
 UPDATE chat_messages AS m SET parts = r.parts, updated_at = now()
 FROM jsonb_to_recordset($1::jsonb) AS r(session_id text, message_id text, parts jsonb)
 WHERE m.session_id = r.session_id AND m.message_id = r.message_id AND m.status = 'streaming'
+    AND EXISTS (SELECT 1 FROM chat_sessions s
+                WHERE s.id = m.session_id AND s.active_turn_id = m.turn_id)
 """
 
 _FINISH = """
-WITH reply AS (
-    UPDATE chat_messages SET parts = $4::jsonb, status = $5, metadata = $6::jsonb,
-        updated_at = now()
+WITH fence AS (
+    SELECT coalesce(bool_or(active_turn_id = $2::uuid), false) AS current
+    FROM chat_sessions WHERE id = $1
+), reply AS (
+    UPDATE chat_messages SET parts = $4::jsonb,
+        status = CASE WHEN (SELECT current FROM fence) THEN $5 ELSE 'interrupted' END,
+        metadata = $6::jsonb, updated_at = now()
     WHERE session_id = $1 AND message_id = $3
 ), turn AS (
-    UPDATE turns SET status = $7, finish_reason = $8, error_code = $9, error_message = $10,
+    UPDATE turns SET
+        status = CASE WHEN (SELECT current FROM fence) THEN $7 ELSE 'interrupted' END,
+        finish_reason = $8, error_code = $9, error_message = $10,
         attempts = $11, first_token_at = $13, finished_at = $14, ttft_ms = $15,
         duration_ms = $16, input_tokens = $17, output_tokens = $18, cache_read_tokens = $19,
         cache_write_tokens = $20, cost_usd = $21
@@ -126,7 +142,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
     # Prepare the three statements into the connection's statement cache now (the pool warms
     # up at start-up), not under the first burst of turns.
-    for statement in (_START, _PARTIALS, _FINISH):
+    for statement in (_OWNER, _START, _PARTIALS, _FINISH):
         with contextlib.suppress(asyncpg.PostgresError, AttributeError):
             await conn._prepare(statement, use_cache=True)
     # A prepare ends without a Sync: the server keeps its transaction open (and its table
@@ -243,6 +259,16 @@ class TurnRows:
             if row["message_id"] is not None
         ]
         return StartedTurn(title=rows[0]["title"], history=history)
+
+    async def session_owner(self, session_id: str) -> str | None:
+        """The user who owns the session, or None when no session has this id."""
+        owner: str | None = await self.pool.fetchval(_OWNER, session_id)
+        return owner
+
+    async def active_turn(self, session_id: str) -> uuid.UUID | None:
+        """The session's active turn, as the database has it."""
+        active: uuid.UUID | None = await self.pool.fetchval(_ACTIVE, session_id)
+        return active
 
     async def write_partials(self, replies: list[dict[str, Any]]) -> None:
         """Store streaming replies as they stand (`{session_id, message_id, parts}` each)."""

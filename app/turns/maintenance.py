@@ -19,6 +19,7 @@ from app.config import TurnSettings
 from app.coord.lock import Lease, refresh_all
 from app.store.turn_rows import TurnRows
 from app.turns.registry import TurnRegistry
+from app.turns.runner import TurnRunner
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TurnMaintenance:
     def tick(self, now: float) -> None:
         """One round of upkeep over every running turn."""
         replies: list[dict[str, Any]] = []
-        leases: list[Lease] = []
+        leases: list[tuple[TurnRunner, Lease]] = []
         for runner in self.registry.running():
             runner.ping_if_idle(now)
             parts = runner.partial_due(now)
@@ -81,7 +82,7 @@ class TurnMaintenance:
                 )
             lease = runner.lease_due(now)
             if lease is not None:
-                leases.append(lease)
+                leases.append((runner, lease))
         # A slow database or Redis must not hold up heartbeats: the writes run on their own,
         # one of each kind at a time (a turn whose write is skipped is written next time).
         if replies and (self._writing is None or self._writing.done()):
@@ -95,12 +96,17 @@ class TurnMaintenance:
         except Exception as exc:  # the final write will store them anyway
             log.warning("partial replies not stored (%d turns): %s", len(replies), exc)
 
-    async def _refresh(self, leases: list[Lease]) -> None:
+    async def _refresh(self, leases: list[tuple[TurnRunner, Lease]]) -> None:
         try:
-            held = await refresh_all(self.redis, leases)
+            held = await refresh_all(self.redis, [lease for _, lease in leases])
         except Exception as exc:
             log.warning("session leases not refreshed (%d turns): %s", len(leases), exc)
             return
-        for lease, ok in zip(leases, held, strict=True):
+        for (runner, lease), ok in zip(leases, held, strict=True):
             if not ok:
-                log.warning("lost the session lease %s", lease.key)
+                # Redis lost the lease (a restart without persistence, a failover) or it
+                # expired: another turn may run now. This one stops producing.
+                log.warning(
+                    "turn %s lost the session lease %s: stopping", runner.turn_id, lease.key
+                )
+                runner.stop("lease_lost")

@@ -35,8 +35,11 @@ from app.turns.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-# Lease releases retried in the background (referenced here until they end).
-_BACKGROUND: set[asyncio.Task[None]] = set()
+# Why a turn was interrupted, by stop reason (the stored error detail).
+INTERRUPTIONS = {
+    "shutdown": "the server shut down mid-reply",
+    "lease_lost": "the session's lease was lost: another turn may have taken over",
+}
 YIELD_EVERY = 32  # backend events handled between two turns of the event loop, at most
 
 
@@ -229,7 +232,7 @@ class TurnRunner:
         )
         self.adapter.end_step()
         if reason != "stopped":
-            self._fail(UpstreamError("interrupted", "the server shut down mid-reply"))
+            self._fail(UpstreamError("interrupted", INTERRUPTIONS.get(reason, reason)))
 
     async def _attempts(self) -> None:
         policy = RetryPolicy.from_settings(self.services.settings)
@@ -348,14 +351,7 @@ class TurnRunner:
     async def _release(self) -> None:
         """Free the session, then end the streams: a client may send its next message at once."""
         if self.lease is not None:
-            try:
-                await self.lease.release()
-            except Exception:
-                # Redis is unreachable: free the session the moment it is back rather than
-                # when the lease expires (COPILOT_LEASE_TTL_S).
-                task = asyncio.create_task(self.lease.release_eventually())
-                _BACKGROUND.add(task)
-                task.add_done_callback(_BACKGROUND.discard)
+            await self.lease.release_or_retry()
         self._released.set()
         self._end_streams()
         metrics.TURNS_ACTIVE.dec()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnServices
-from app.turns.stops import StopListener
+from app.turns.stops import StopListener, TurnStopper
 from app.turns.titles import TitleWriter
 
 
@@ -24,3 +24,4 @@ class TurnContext:
     # interleaving every start on the one event loop; see ARCHITECTURE.md.
     starts: asyncio.Semaphore
     stops: StopListener
+    stopper: TurnStopper

@@ -12,15 +12,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import anyio
-
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
 from app.errors import Conflict, InvalidInput
 from app.lifespan import AppState
 from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
-from app.store.sessions import SessionRepository
+from app.store.sessions import SessionRepository, session_not_found
 from app.store.turns import TurnRepository
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
@@ -28,9 +26,6 @@ from app.turns.services import TurnContext
 log = logging.getLogger(__name__)
 
 Trigger = Literal["submit-message", "regenerate-message"]
-
-# How long a new turn waits for a stopping turn of the same session to write its last state.
-STOP_WAIT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -81,13 +76,12 @@ async def _take_lease(
     if await lease.acquire(events_key, log_ttl):
         return lease
     running = ctx.registry.for_session(order.session_id)
-    if running is not None and (order.on_conflict == "interrupt" or running.stopping):
-        # A turn being stopped (or one we may interrupt) frees the session within moments;
-        # other turns may start meanwhile.
-        running.stop("stopped")
+    if order.on_conflict == "interrupt" or (running is not None and running.stopping):
+        # A turn being stopped (or one we may interrupt, on any replica) frees the session
+        # within moments; other turns may start meanwhile.
         admission.give_back()
-        with anyio.move_on_after(STOP_WAIT_S):
-            await running.wait_persisted()
+        active = await state.turn_rows.active_turn(order.session_id)
+        await ctx.stopper.stop(order.session_id, active)
         await admission.take()
         if await lease.acquire(events_key, log_ttl):
             return lease
@@ -227,6 +221,11 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
     events_key = state.keys.turn_events(order.session_id, str(turn_id))
+    # Ownership first: another user's session must see no effect at all (no lease taken or
+    # held, no turn stopped, no key or row written) and the same answer as an unknown id.
+    owner = await state.turn_rows.session_owner(order.session_id)
+    if owner is not None and owner != order.user_id:
+        raise session_not_found(order.session_id)
     admission = Admission(ctx.starts)
     await admission.take()
     try:
@@ -234,7 +233,8 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
         try:
             history, first_message = await _start_rows(state, ctx, order, turn_id, assistant_id)
         except BaseException:
-            await lease.release()
+            # A refused start leaves nothing behind: the lease goes, and the EventLog with it.
+            await asyncio.shield(lease.release_or_retry(events_key))
             raise
     except BaseException:
         admission.give_back()

@@ -1,9 +1,12 @@
-"""Stops asked for on another replica: one pub/sub listener per replica stops its turns.
+"""Stopping a session's turn, wherever it runs: the one way every caller stops a turn.
 
-`POST /chat/{id}/stop` on a replica that does not run the session's turn publishes the turn
-id on the session's stop channel; every replica listens to the pattern of all stop channels
-and stops the turn if it runs there. A message published while a replica is reconnecting is
-lost; the replica that published sees that the turn did not end (see `app/api/chat.py`).
+`TurnStopper.stop` is used by `POST /chat/{id}/stop`, `on_conflict: "interrupt"` and
+`DELETE /sessions/{id}`. A turn on this replica is asked to stop directly; a turn on another
+replica through the session's stop channel: every replica keeps one pattern subscription to
+all stop channels (`StopListener`) and stops the turn if it runs there. Either way the caller
+waits (bounded) until the turn is persisted and the session's lease released, so a message
+sent right after is not refused. A message published while a replica is reconnecting is
+lost; the waiting caller then gives up after the bound.
 """
 
 from __future__ import annotations
@@ -11,16 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 
+import anyio
 from redis.asyncio import Redis, RedisCluster
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.coord.redis import Keys
+from app.store.models import ChatSession
 from app.turns.registry import TurnRegistry
 
 log = logging.getLogger(__name__)
 
 RETRY_S = (0.5, 5.0)  # first and largest wait before subscribing again after a failure
 POLL_S = 0.5  # longest wait for a message: how soon the listener notices it is closing
+STOP_WAIT_S = 10.0  # how long a stop waits for the turn's final write and the session's release
+FREED_POLL_S = 0.05  # how often a stop sent to another replica looks whether it took effect
 
 
 class StopListener:
@@ -82,3 +92,57 @@ class StopListener:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(wait)
             wait = min(wait * 2, RETRY_S[1])
+
+
+class TurnStopper:
+    """Stops the active turn of a session on whichever replica runs it."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        keys: Keys,
+        registry: TurnRegistry,
+        listener: StopListener,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        cluster: bool,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.registry = registry
+        self.listener = listener
+        self.sessions = sessions
+        self.cluster = cluster
+
+    async def stop(
+        self, session_id: str, turn_id: uuid.UUID | None, wait_s: float = STOP_WAIT_S
+    ) -> bool:
+        """Stop the session's turn (`turn_id` is the session's `active_turn_id` as the caller
+        read it) and wait, at most `wait_s`, until the session is free; whether one ran."""
+        runner = self.registry.for_session(session_id)
+        if runner is not None and runner.stop("stopped"):
+            with anyio.move_on_after(wait_s):
+                await runner.wait_persisted()
+            return True
+        if turn_id is None:
+            return False
+        listeners = await self.redis.publish(self.keys.stop_channel(session_id), str(turn_id))
+        others = listeners - self.listener.subscribed.is_set()
+        # On a Cluster the count is the receiving node's only. No other replica listening:
+        # none runs the turn any more (its lease expires, or the next message records it).
+        if others > 0 or self.cluster:
+            with anyio.move_on_after(wait_s):
+                await self._wait_freed(session_id, turn_id)
+        return True
+
+    async def _wait_freed(self, session_id: str, turn_id: uuid.UUID) -> None:
+        """Until the session's lease is gone (its turn ended on another replica and released
+        it), or another turn has started."""
+        lease = self.keys.session_lease(session_id)
+        query = select(ChatSession.active_turn_id).where(ChatSession.id == session_id)
+        while await self.redis.exists(lease):
+            async with self.sessions() as db:
+                active = (await db.execute(query)).scalar()
+            if active not in (None, turn_id):
+                return
+            await asyncio.sleep(FREED_POLL_S)
