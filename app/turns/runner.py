@@ -23,12 +23,13 @@ from app.backends.errors import UpstreamError
 from app.backends.events import Backend, TurnControl, TurnRequest
 from app.config import TurnSettings
 from app.coord.lock import Lease
-from app.observability import metrics
 from app.store.turn_rows import TurnEnd, TurnRows
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
-from app.stream.sse import DONE, PING, frame
+from app.stream.frames import FrameBuffer
+from app.stream.sse import frame
 from app.turns.adapter import ChunkAdapter
+from app.turns.observer import MetricsObserver, TurnObserver, notify
 from app.turns.persist import Attempt, persist_final
 from app.turns.reply import ReplyAssembler
 from app.turns.retry import RetryPolicy
@@ -62,6 +63,7 @@ class TurnServices:
     eventlog: EventLogWriter
     backend: Backend
     on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
+    observers: list[TurnObserver] = field(default_factory=lambda: [MetricsObserver()])
 
 
 class TurnRunner:
@@ -86,9 +88,7 @@ class TurnRunner:
         self.assistant_message_id = assistant_message_id
         self.events_key = events_key
         self.lease = lease
-        self.frames: list[bytes] = []
-        self.done = False
-        self._changed = asyncio.Event()
+        self.buffer = FrameBuffer()
         self.reply = ReplyAssembler()
         self.adapter = ChunkAdapter(self._emit)
         self.outcome = TurnOutcome()
@@ -104,51 +104,31 @@ class TurnRunner:
         self._final_write: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._last_frame_at = self._last_flush_at = self._lease_refreshed_at = self._loop.time()
-        self._pings = 0
+        self._last_flush_at = self._lease_refreshed_at = self._loop.time()
 
     # -- frames, for consumers -------------------------------------------------------------
 
     def _emit(self, chunk: dict[str, Any]) -> None:
         if self.first_visible_at is None and self.adapter.visible:
             self.first_visible_at = datetime.now(UTC)
-        encoded = frame(len(self.frames), chunk)
-        self.frames.append(encoded)
+        encoded = frame(len(self.buffer), chunk)
         if not chunk.get("transient"):
             self.reply.apply(chunk)
         self.services.eventlog.append(self.events_key, encoded)
-        self._last_frame_at = self._loop.time()
-        self._notify()
+        self.buffer.append(encoded)
 
-    def _notify(self) -> None:
-        # Waking the waiters resolves their futures; clearing at once re-arms the event
-        # without allocating a new one per chunk.
-        self._changed.set()
-        self._changed.clear()
+    @property
+    def done(self) -> bool:
+        """The streams have ended (the final write is done, or is being retried)."""
+        return self.buffer.done
 
-    async def frames_from(self, index: int) -> AsyncGenerator[bytes, None]:
+    def frames_from(self, index: int) -> AsyncGenerator[bytes, None]:
         """Frames from `index` on, then live ones, `: ping` while idle, `[DONE]` at the end."""
-        pings = self._pings
-        while True:
-            if index < len(self.frames):
-                batch = self.frames[index:]
-                index += len(batch)
-                yield batch[0] if len(batch) == 1 else b"".join(batch)
-            elif self.done:
-                yield DONE
-                return
-            elif pings != self._pings:
-                pings = self._pings
-                yield PING
-            else:
-                await self._changed.wait()
+        return self.buffer.read_from(index)
 
     def ping_if_idle(self, now: float) -> None:
         """Wake the consumers for a `: ping` after `COPILOT_HEARTBEAT_S` without a frame."""
-        if not self.done and now - self._last_frame_at >= self.services.settings.heartbeat_s:
-            self._pings += 1
-            self._last_frame_at = now
-            self._notify()
+        self.buffer.ping_if_idle(now, self.services.settings.heartbeat_s)
 
     def partial_due(self, now: float) -> list[dict[str, Any]] | None:
         """The reply's parts if it changed and was not stored for `COPILOT_FLUSH_INTERVAL_S`."""
@@ -205,8 +185,7 @@ class TurnRunner:
         self._started = True
         if self._on_started is not None:
             self._on_started()
-        metrics.TURNS_ACTIVE.inc()
-        metrics.TURNS_STARTED.labels(self.services.backend.name).inc()
+        notify(self.services.observers, "turn_started", self)
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
         try:
             if self.stop_reason is not None:
@@ -265,10 +244,10 @@ class TurnRunner:
                 if error.retryable and not self.adapter.visible and self.stop_reason is None:
                     elapsed = time.monotonic() - self.started
                     delay = policy.delay(number, elapsed, error.retry_after_s)
+                notify(self.services.observers, "attempt_failed", self, error, delay)
                 if delay is None:
                     self._fail(error)
                     return
-                metrics.UPSTREAM_RETRIES.labels(error.code).inc()
                 log.info("turn %s: %s, retrying in %.2fs", self.turn_id, error.code, delay)
                 self._emit(
                     chunks.data_status(
@@ -342,11 +321,8 @@ class TurnRunner:
         await self._release()
 
     def _end_streams(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.services.eventlog.end(self.events_key)
-        self._notify()
+        if self.buffer.end():
+            self.services.eventlog.end(self.events_key)
 
     async def _release(self) -> None:
         """Free the session, then end the streams: a client may send its next message at once."""
@@ -354,14 +330,7 @@ class TurnRunner:
             await self.lease.release_or_retry()
         self._released.set()
         self._end_streams()
-        metrics.TURNS_ACTIVE.dec()
-        metrics.TURNS_FINISHED.labels(
-            self.services.backend.name,
-            self.outcome.status,
-            self.outcome.error.code if self.outcome.error else "",
-        ).inc()
-        if self.first_visible_at is not None:
-            metrics.TTFT_SECONDS.observe((self.first_visible_at - self.started_at).total_seconds())
+        notify(self.services.observers, "turn_finished", self)
         for callback in self.services.on_done:
             callback(self)
 

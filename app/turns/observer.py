@@ -1,0 +1,75 @@
+"""The moments of a turn, for whoever watches turns: metrics now, traces next.
+
+The runner calls every observer at named moments; an observer never raises into the turn
+(a failing one is logged and the turn goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from app.backends.errors import UpstreamError
+from app.observability import metrics
+
+if TYPE_CHECKING:
+    from app.turns.runner import TurnRunner
+
+log = logging.getLogger(__name__)
+
+
+class TurnObserver(Protocol):
+    """Called by the runner at the moments of a turn."""
+
+    def turn_started(self, runner: TurnRunner) -> None:
+        """The turn's task began producing."""
+        ...
+
+    def attempt_failed(
+        self, runner: TurnRunner, error: UpstreamError, retry_in: float | None
+    ) -> None:
+        """An attempt failed; `retry_in` seconds until the next one, or None if none."""
+        ...
+
+    def turn_finished(self, runner: TurnRunner) -> None:
+        """The turn is persisted and its session released."""
+        ...
+
+
+class MetricsObserver:
+    """Prometheus counters and histograms of turns."""
+
+    def turn_started(self, runner: TurnRunner) -> None:
+        """Count the turn as started and active."""
+        metrics.TURNS_ACTIVE.inc()
+        metrics.TURNS_STARTED.labels(runner.services.backend.name).inc()
+
+    def attempt_failed(
+        self, runner: TurnRunner, error: UpstreamError, retry_in: float | None
+    ) -> None:
+        """Count a retry."""
+        if retry_in is not None:
+            metrics.UPSTREAM_RETRIES.labels(error.code).inc()
+
+    def turn_finished(self, runner: TurnRunner) -> None:
+        """Count the outcome and observe the time to first token."""
+        outcome = runner.outcome
+        metrics.TURNS_ACTIVE.dec()
+        metrics.TURNS_FINISHED.labels(
+            runner.services.backend.name,
+            outcome.status,
+            outcome.error.code if outcome.error else "",
+        ).inc()
+        if runner.first_visible_at is not None:
+            metrics.TTFT_SECONDS.observe(
+                (runner.first_visible_at - runner.started_at).total_seconds()
+            )
+
+
+def notify(observers: list[TurnObserver], moment: str, *args: object) -> None:
+    """Call `moment` on every observer; a failing observer never fails the turn."""
+    for observer in observers:
+        try:
+            getattr(observer, moment)(*args)
+        except Exception:
+            log.exception("turn observer %s failed at %s", type(observer).__name__, moment)
