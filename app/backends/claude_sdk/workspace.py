@@ -19,8 +19,10 @@ component directly under the root.
 What the CLI leaves in TMPDIR (measured with the bundled CLI 2.1.330): `cc-socks/<pid>.sock`
 while it runs, removed on a clean exit and left by a killed one; and
 `claude-<uid>/fswatch-probe-<random>/`, created at start-up and left behind by some clean exits
-too (it varies from run to run). `cleanup_leftovers` removes the sockets of dead processes and,
-when no live CLI owns a socket there, every probe directory. A socket path is limited to 107
+too (it varies from run to run). A killed CLI also leaves `sessions/<pid>.json` and
+`sessions/<pid>.<hex>.key` in CLAUDE_CONFIG_DIR. `cleanup_leftovers` removes the sockets and
+session records of dead processes and, when no live CLI owns a socket there, every probe
+directory. A socket path is limited to 107
 bytes: under a long root the CLI silently makes no socket (measured), one more reason to keep
 the names short.
 
@@ -74,7 +76,7 @@ class Workspace:
         }
 
     def cleanup_leftovers(self) -> None:
-        """Remove sockets of dead CLIs, and the fswatch probes when no CLI here is alive."""
+        """Remove what dead CLIs left here; the fswatch probes only when no CLI here is alive."""
         live = False
         for sock in _entries(self.tmp / "cc-socks"):
             pid = sock.name.removesuffix(".sock")
@@ -82,6 +84,10 @@ class Workspace:
                 live = True
             else:
                 _remove(sock)
+        for record in _entries(self.config_dir / "sessions"):
+            pid = record.name.split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(record)
         if live:
             return
         for user_dir in _entries(self.tmp):

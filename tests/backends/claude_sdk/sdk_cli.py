@@ -9,8 +9,11 @@ fswatch probe, and readers for what the model was sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -27,6 +30,20 @@ from app.backends.claude_sdk.workspace import Workspace
 from app.devtools.fake_upstream import FakeUpstreamHandle
 
 TURN_TIMEOUT_S = 90
+
+
+@contextmanager
+def short_root() -> Iterator[Path]:
+    """A workspaces root with a short path.
+
+    The CLI makes its `cc-socks/<pid>.sock` only when the path fits a socket address (107
+    bytes); under pytest's long `tmp_path` it makes none, and the leftover checks would miss it.
+    """
+    root = Path(tempfile.mkdtemp(prefix="ws", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cli_options(fake: FakeUpstreamHandle, workspace: Workspace, **extra: Any) -> ClaudeAgentOptions:
@@ -75,8 +92,10 @@ async def cli_client(
         asyncio.timeout(TURN_TIMEOUT_S),
         ClaudeSDKClient(cli_options(fake, workspace, **extra)) as client,
     ):
+        spawned = [p for p in cli_processes() if p.pid not in before]
+        sockets = [workspace.tmp / "cc-socks" / f"{p.pid}.sock" for p in spawned]
+        assert [s.exists() for s in sockets] == [True]  # one CLI, and its socket is there
         yield client
-    spawned = [p for p in cli_processes() if p.pid not in before]
     _gone, alive = await asyncio.to_thread(psutil.wait_procs, spawned, 10)
     assert not alive, f"CLI processes left: {alive}"
     workspace.cleanup_leftovers()

@@ -23,6 +23,7 @@ from tests.backends.claude_sdk.sdk_cli import (
     cli_client,
     result_of,
     sent_tool_results,
+    short_root,
     text_of,
     tool_results,
 )
@@ -31,9 +32,10 @@ CONTEXT: HookContext = {"signal": None}
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
-    """A fresh session workspace."""
-    return Workspaces(tmp_path / "ws").for_session("guarded")
+def workspace() -> Iterator[Workspace]:
+    """A fresh session workspace (under a short root, so that the CLI makes its socket)."""
+    with short_root() as root:
+        yield Workspaces(root).for_session("guarded")
 
 
 @pytest.fixture

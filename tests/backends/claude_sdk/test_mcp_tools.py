@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -21,6 +20,7 @@ from tests.backends.claude_sdk.sdk_cli import (
     cli_client,
     result_of,
     sent_tool_results,
+    short_root,
     text_of,
     tool_results,
 )
@@ -38,6 +38,13 @@ def registry() -> ToolRegistry:
         raise ToolError(f"exploded: {reason}")
 
     return tools
+
+
+@pytest.fixture
+def workspaces() -> Iterator[Workspaces]:
+    """Workspaces under a short root, so that the CLI makes its socket."""
+    with short_root() as root:
+        yield Workspaces(root)
 
 
 @pytest.fixture
@@ -110,9 +117,9 @@ async def test_invalid_arguments_are_an_error_result(registry: ToolRegistry) -> 
 
 
 async def test_cli_calls_calculate_through_the_registry_and_the_model_gets_42(
-    fake: FakeUpstreamHandle, registry: ToolRegistry, tmp_path: Path
+    fake: FakeUpstreamHandle, registry: ToolRegistry, workspaces: Workspaces
 ) -> None:
-    workspace = Workspaces(tmp_path / "ws").for_session("mcp-round-trip")
+    workspace = workspaces.for_session("mcp-round-trip")
     server, allowed = registry_server(registry)
     async with cli_client(
         fake, workspace, tools=[], allowed_tools=allowed, mcp_servers={"copilot": server}
@@ -142,9 +149,9 @@ async def test_cli_calls_calculate_through_the_registry_and_the_model_gets_42(
 
 
 async def test_cli_with_only_registry_tools_refuses_a_builtin(
-    fake: FakeUpstreamHandle, registry: ToolRegistry, tmp_path: Path
+    fake: FakeUpstreamHandle, registry: ToolRegistry, workspaces: Workspaces
 ) -> None:
-    workspace = Workspaces(tmp_path / "ws").for_session("no-builtins")
+    workspace = workspaces.for_session("no-builtins")
     marker = workspace.path / "bash-ran"
     server, allowed = registry_server(registry)
     async with cli_client(

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
+from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError
 
 from app.backends.claude_sdk.workspace import Workspaces, workspace_name
+from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
+from tests.backends.claude_sdk.sdk_cli import (
+    ask,
+    cli_client,
+    cli_options,
+    cli_processes,
+    leftovers,
+    result_of,
+    short_root,
+)
 
 HOSTILE_IDS = [
     ".",
@@ -48,6 +64,13 @@ HOSTILE_IDS = [
 def workspaces(tmp_path: Path) -> Workspaces:
     """Workspaces under a fresh root."""
     return Workspaces(tmp_path / "root")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstreamHandle]:
+    """A fake upstream for one test."""
+    with running_fake_upstream() as handle:
+        yield handle
 
 
 def _mode(path: Path) -> int:
@@ -226,3 +249,58 @@ def test_cleanup_of_an_empty_or_missing_tmp_is_a_no_op(workspaces: Workspaces) -
     ws.cleanup_leftovers()
     ws.tmp.rmdir()
     ws.cleanup_leftovers()
+
+
+def test_cleanup_removes_the_session_records_of_dead_clis(workspaces: Workspaces) -> None:
+    ws = workspaces.for_session("s")
+    records = ws.config_dir / "sessions"
+    records.mkdir()
+    dead = _dead_pid()
+    for name in (f"{dead}.json", f"{dead}.abc123.key", f"{os.getpid()}.json"):
+        (records / name).write_text("{}")
+    ws.cleanup_leftovers()
+    assert [p.name for p in records.iterdir()] == [f"{os.getpid()}.json"]
+
+
+async def test_a_killed_cli_leaves_nothing_after_cleanup(fake: FakeUpstreamHandle) -> None:
+    with short_root() as root:
+        await _kill_and_clean(Workspaces(root), fake)
+
+
+async def _kill_and_clean(workspaces: Workspaces, fake: FakeUpstreamHandle) -> None:
+    ws = workspaces.for_session("killed")
+    before = {p.pid for p in cli_processes()}
+    client = ClaudeSDKClient(cli_options(fake, ws, tools=[]))
+    await client.connect()
+    try:
+        [cli] = [p for p in cli_processes() if p.pid not in before]
+        assert (ws.tmp / "cc-socks" / f"{cli.pid}.sock").exists()
+        cli.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(cli.wait, 10)
+        left = leftovers(ws)
+        assert f"cc-socks/{cli.pid}.sock" in left
+        assert any(p.name.startswith(f"{cli.pid}.") for p in (ws.config_dir / "sessions").iterdir())
+    finally:
+        with contextlib.suppress(ClaudeSDKError):  # the CLI is gone; the client may say so
+            await client.disconnect()
+    ws.cleanup_leftovers()
+    assert leftovers(ws) == []
+    assert list((ws.config_dir / "sessions").iterdir()) == []
+    assert not psutil.pid_exists(cli.pid) or psutil.Process(cli.pid).status() == "zombie"
+
+
+async def test_remove_after_a_real_turn_leaves_nothing_of_the_session(
+    fake: FakeUpstreamHandle,
+) -> None:
+    with short_root() as root:
+        await _turn_then_remove(Workspaces(root), fake)
+
+
+async def _turn_then_remove(workspaces: Workspaces, fake: FakeUpstreamHandle) -> None:
+    ws = workspaces.for_session("real-turn")
+    other = workspaces.for_session("other")
+    async with cli_client(fake, ws, tools=[]) as client:
+        assert result_of(await ask(client, "hello")).result == "Echo: hello"
+    assert list((ws.config_dir / "projects").iterdir())  # the CLI wrote its transcript there
+    await workspaces.remove("real-turn")
+    assert [p.name for p in workspaces.root.iterdir()] == [other.path.parent.name]
