@@ -15,7 +15,8 @@ it through.
   `notebook_path` and `path` must resolve (symlinks followed, relative paths taken from the
   workspace) inside the workspace; `~` paths are denied (HOME is outside). Glob's `pattern` may
   not be absolute outside the workspace nor contain `..`. Grep's `pattern` is a regex, not a
-  path, and is not checked.
+  path, and is not checked. The check runs before the tool does: a symlink swapped in between
+  (which takes Bash) is not seen. The guards also fire for a sub-agent's tool calls (tested).
 - Bash: the command is denied when any of the configured regexes is found in it
   (`DEFAULT_DENIED_BASH` is a sensible default). This is a tripwire, not a sandbox: quoting,
   variables, `eval`, scripts written first and run later all defeat patterns, and writes outside

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from claude_agent_sdk import HookContext, HookInput, HookMatcher
+from claude_agent_sdk import (
+    AssistantMessage,
+    HookContext,
+    HookInput,
+    HookMatcher,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
 
 from app.backends.claude_sdk.hooks import (
     DEFAULT_DENIED_BASH,
@@ -395,3 +403,36 @@ async def test_cli_subagents_over_the_cap_are_denied_and_the_next_turn_may_spawn
     [again] = tool_results(second_turn)
     assert not again.is_error
     assert "Echo: third" in text_of(again)
+
+
+async def test_cli_guards_also_apply_inside_a_subagent(
+    fake: FakeUpstreamHandle, workspace: Workspace
+) -> None:
+    hooks = tool_guards(workspace.path, denied_bash=[], max_subagents=1)
+    fake.enqueue(
+        {"kind": "tool", "name": "Agent", "input": _agent("look around")},
+        {"kind": "tool", "name": "Read", "input": {"file_path": "/etc/passwd"}},
+    )
+    async with cli_client(
+        fake, workspace, tools=["Agent", "Read"], allowed_tools=["Agent", "Read"], hooks=hooks
+    ) as client:
+        messages = await ask(client, "delegate")
+    [agent_call] = [
+        b
+        for m in messages
+        if isinstance(m, AssistantMessage) and m.parent_tool_use_id is None
+        for b in m.content
+        if isinstance(b, ToolUseBlock)
+    ]
+    inner = [
+        block
+        for m in messages
+        if isinstance(m, UserMessage) and m.parent_tool_use_id == agent_call.id
+        for block in (m.content if isinstance(m.content, list) else [])
+        if isinstance(block, ToolResultBlock)
+    ]
+    assert [(b.is_error, text_of(b)) for b in inner] == [
+        (True, "PreToolUse:Read hook error: Read: file_path '/etc/passwd' is outside the workspace")
+    ]
+    result_of(messages)
+    assert "root:" not in json.dumps(fake.requests("/v1/messages"))
