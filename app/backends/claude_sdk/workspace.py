@@ -9,7 +9,7 @@ Layout under the root (`COPILOT_WORKSPACES_DIR`), every directory mode 0700:
 HOME and TMPDIR sit beside `work`, not inside it, so the file-tool guards keep the model out
 of the CLI's own config and transcripts.
 
-The directory name is a slug of the lower-cased id (only `[a-z0-9_-]`, at most 24 characters)
+The directory name is a slug of the lower-cased id (only `[a-z0-9_-]`, at most 16 characters)
 plus the first 16 hex digits of the SHA-256 of the exact id. The slug is for people; the hash
 makes names unique: ids that differ only by case, by characters the slug replaces, or by
 look-alike unicode get different names, also on a case-insensitive filesystem (the hash is
@@ -21,10 +21,12 @@ while it runs, removed on a clean exit and left by a killed one; and
 `claude-<uid>/fswatch-probe-<random>/`, created at start-up and left behind by some clean exits
 too (it varies from run to run). A killed CLI also leaves `sessions/<pid>.json` and
 `sessions/<pid>.<hex>.key` in CLAUDE_CONFIG_DIR. `cleanup_leftovers` removes the sockets and
-session records of dead processes and, when no live CLI owns a socket there, every probe
-directory. A socket path is limited to 107
-bytes: under a long root the CLI silently makes no socket (measured), one more reason to keep
-the names short.
+session records of dead processes and, when none of them names a live process (no CLI runs
+here), every probe directory.
+
+A socket path must fit 107 bytes: under a long root the CLI silently makes no socket
+(measured; the session record still tells a live CLI). The name is at most 33 characters,
+so the socket exists whenever the root is at most 47 bytes long.
 
 0700 keeps other OS users out. Sessions run as the same OS user, so between sessions the
 separation is the separate HOME/CONFIG/TMP plus the file-tool guards of hooks.py; a Bash
@@ -46,7 +48,7 @@ import psutil
 
 _MODE = 0o700
 _SLUG_CHARS = re.compile(r"[^a-z0-9_-]+")
-_SLUG_MAX = 24
+_SLUG_MAX = 16
 _HASH_HEX = 16
 
 
@@ -78,16 +80,14 @@ class Workspace:
     def cleanup_leftovers(self) -> None:
         """Remove what dead CLIs left here; the fswatch probes only when no CLI here is alive."""
         live = False
-        for sock in _entries(self.tmp / "cc-socks"):
-            pid = sock.name.removesuffix(".sock")
-            if pid.isdigit() and _alive(int(pid)):
+        for entry in (*_entries(self.tmp / "cc-socks"), *_entries(self.config_dir / "sessions")):
+            pid = entry.name.split(".", 1)[0]
+            if not pid.isdigit():
+                continue
+            if _alive(int(pid)):
                 live = True
             else:
-                _remove(sock)
-        for record in _entries(self.config_dir / "sessions"):
-            pid = record.name.split(".", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                _remove(record)
+                _remove(entry)
         if live:
             return
         for user_dir in _entries(self.tmp):

@@ -213,7 +213,7 @@ def test_cleanup_removes_dead_sockets_and_probes(workspaces: Workspaces) -> None
     task_output = ws.tmp / "claude-0" / "-some-project"
     task_output.mkdir()
     ws.cleanup_leftovers()
-    assert list(socks.iterdir()) == []
+    assert [p.name for p in socks.iterdir()] == ["junk.sock"]  # not named by a pid: not ours
     assert not probe.exists()
     assert task_output.is_dir()
 
@@ -231,6 +231,16 @@ def test_cleanup_keeps_a_live_cli_socket_and_its_probe(workspaces: Workspaces) -
     ws.cleanup_leftovers()
     assert live.exists()
     assert not stale.exists()
+    assert probe.is_dir()
+
+
+def test_cleanup_keeps_the_probe_of_a_live_cli_without_a_socket(workspaces: Workspaces) -> None:
+    ws = workspaces.for_session("s")
+    (ws.config_dir / "sessions").mkdir()
+    (ws.config_dir / "sessions" / f"{os.getpid()}.json").write_text("{}")
+    probe = ws.tmp / "claude-0" / "fswatch-probe-x"
+    probe.mkdir(parents=True)
+    ws.cleanup_leftovers()
     assert probe.is_dir()
 
 
