@@ -92,11 +92,16 @@ class WorkspaceGuard:
             if not isinstance(value, str) or not self.inside(value):
                 return f"{tool}: {arg} {value!r} is outside the workspace"
         pattern = tool_input.get("pattern") if tool == "Glob" else None
-        if pattern is not None:
-            if not isinstance(pattern, str) or ".." in Path(pattern).parts:
-                return f"Glob: pattern {pattern!r} may not leave the workspace"
-            static = _GLOB_MAGIC.split(pattern, maxsplit=1)[0]
-            if os.path.isabs(pattern) and not self.inside(static or os.sep):
+        if pattern is None:
+            return None
+        if not isinstance(pattern, str) or ".." in Path(pattern).parts:
+            return f"Glob: pattern {pattern!r} may not leave the workspace"
+        # The part before the first wildcard, and its directory: `/ws/work*/x` also matches a
+        # sibling `/ws/work2`, `link/*` lists what a symlinked directory points to.
+        static = _GLOB_MAGIC.split(pattern, maxsplit=1)[0]
+        base = tool_input.get("path") or "."
+        for prefix in (static, static[: static.rfind(os.sep) + 1]):
+            if not self.inside(os.path.join(base, prefix)):
                 return f"Glob: pattern {pattern!r} is outside the workspace"
         return None
 

@@ -163,8 +163,10 @@ async def test_absolute_paths_inside_the_workspace_are_allowed(workspace: Worksp
 async def test_a_sibling_with_the_same_prefix_is_outside(workspace: Workspace) -> None:
     sibling = workspace.path.parent / (workspace.path.name + "2")
     sibling.mkdir()
-    reason = await _decide(_guards(workspace.path), "Read", {"file_path": str(sibling / "x")})
-    assert reason is not None
+    guards = _guards(workspace.path)
+    assert await _decide(guards, "Read", {"file_path": str(sibling / "x")}) is not None
+    assert await _decide(guards, "Glob", {"pattern": f"{workspace.path}*/x"}) is not None
+    assert await _decide(guards, "Glob", {"pattern": f"{workspace.path}/*/x"}) is None
 
 
 async def test_the_cli_home_and_tmp_are_outside(workspace: Workspace) -> None:
@@ -185,6 +187,8 @@ async def test_a_symlink_out_of_the_workspace_is_denied(
     assert await _decide(guards, "Read", {"file_path": "link.txt"}) is not None
     assert await _decide(guards, "Read", {"file_path": "linkdir/secret.txt"}) is not None
     assert await _decide(guards, "Glob", {"pattern": "*", "path": "linkdir"}) is not None
+    assert await _decide(guards, "Glob", {"pattern": "linkdir/*"}) is not None
+    assert await _decide(guards, "Glob", {"pattern": "linkdir"}) is not None
     assert await _decide(guards, "Read", {"file_path": "inner.txt"}) is None
 
 
