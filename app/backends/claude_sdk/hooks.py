@@ -22,6 +22,8 @@ it through.
   variables, `eval`, scripts written first and run later all defeat patterns, and writes outside
   the workspace cannot be detected from a command line in general. Real confinement of Bash
   needs an OS sandbox (the CLI's `sandbox` settings, a container); without one, leave Bash off.
+  Bash inherits the CLI's environment, `ANTHROPIC_API_KEY` included (measured: the CLI does
+  not scrub it), so with Bash on, the key the CLI holds should be one you can afford to leak.
 - Sub-agents (`Task`, the older name, and `Agent`): at most `max_subagents` per turn. The
   count is kept per `prompt_id` of the hook input (one per user prompt, so per turn, also on
   a warm client whose hooks were registered once at spawn); `SubagentCap.reset()` clears it
@@ -54,8 +56,9 @@ DEFAULT_DENIED_BASH: tuple[str, ...] = (
     r"\b(shutdown|reboot|halt|poweroff)\b",
     r"\bchmod\s+(-\S+\s+)*[0-7]*777\s+/(\s|$)|\bchown\s+(-\S+\s+)*\S+\s+/(\s|$)",
     r"/dev/tcp/|\b(nc|ncat|netcat)\b.*\s-[ec]\b",  # reverse shells
-    # the environment holds the API key
-    r"\bprintenv\b|(^|[;&|(]\s*)env\s*($|[|;&>)])|/proc/[^/\s]+/environ|\$\{?ANTHROPIC_",
+    # the CLI's environment, API key included, is Bash's (measured): keep it from being listed
+    r"\bprintenv\b|(^|[;&|(]\s*)(env|set|export\s+-p|declare\s+-\w*[px]\w*)\s*($|[|;&>)])",
+    r"/proc/[^/\s]+/environ|\$\{?!?ANTHROPIC_",
 )
 
 

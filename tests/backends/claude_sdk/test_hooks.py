@@ -225,6 +225,10 @@ async def test_other_tools_pass_every_guard(workspace: Workspace) -> None:
         "printenv",
         "env | grep KEY",
         "echo $ANTHROPIC_API_KEY",
+        "sh -c 'echo ${ANTHROPIC_API_KEY}'",
+        "set | grep KEY",
+        "export -p",
+        "declare -px",
         "cat /proc/self/environ",
     ],
 )
@@ -247,6 +251,8 @@ async def test_dangerous_bash_is_denied_by_the_default_patterns(
         "git status",
         "echo summary",
         "grep -r environment .",
+        "set -euo pipefail; make test",
+        "export PATH=$PATH:/opt/bin",
     ],
 )
 async def test_ordinary_bash_is_allowed(workspace: Workspace, command: str) -> None:
