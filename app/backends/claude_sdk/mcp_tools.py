@@ -7,6 +7,13 @@ of a result: a string as it is, anything else as compact JSON. A `ToolError` bec
 error result (`is_error`) carrying its message, which the model reads as an error tool result,
 exactly as the anthropic backend sends it.
 
+The CLI keeps an MCP result inline only up to a size; above it the model gets a 2 KB preview
+and the path of a file under CLAUDE_CONFIG_DIR (measured with CLI 2.1.330: 20,000 characters
+inline, 60,000 persisted), a file the workspace guards keep it from reading. The anthropic
+backend sends results whole, so each tool raises that limit to `INLINE_RESULT_CHARS`. A
+separate cap in tokens still applies (`MAX_MCP_OUTPUT_TOKENS` in the CLI's environment,
+25,000 by default: a 200,000-character result was refused with an error naming a file).
+
 The CLI names these tools `mcp__copilot__<name>`; `public_tool_name` turns that back into the
 name the user knows, for the stream and the stored message.
 """
@@ -17,12 +24,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from claude_agent_sdk import McpSdkServerConfig, SdkMcpTool, create_sdk_mcp_server
+from claude_agent_sdk import (
+    McpSdkServerConfig,
+    SdkMcpTool,
+    ToolAnnotations,
+    create_sdk_mcp_server,
+)
 
 from app.backends.tools import Tool, ToolError, ToolRegistry
 
 SERVER_NAME = "copilot"
 PREFIX = f"mcp__{SERVER_NAME}__"
+INLINE_RESULT_CHARS = 100_000
 
 
 def registry_server(registry: ToolRegistry) -> tuple[McpSdkServerConfig, list[str]]:
@@ -35,7 +48,13 @@ def registry_server(registry: ToolRegistry) -> tuple[McpSdkServerConfig, list[st
     server = create_sdk_mcp_server(
         SERVER_NAME,
         tools=[
-            SdkMcpTool(t.name, t.description, t.schema()["input_schema"], _handler(t))
+            SdkMcpTool(
+                t.name,
+                t.description,
+                t.schema()["input_schema"],
+                _handler(t),
+                ToolAnnotations(maxResultSizeChars=INLINE_RESULT_CHARS),
+            )
             for t in tools
         ],
     )

@@ -167,3 +167,26 @@ async def test_cli_with_only_registry_tools_refuses_a_builtin(
     [sent] = sent_tool_results(fake)
     assert sent["is_error"] is True
     assert (result_of(messages).result or "").startswith("Tool error:")
+
+
+async def test_a_large_result_reaches_the_model_inline(
+    fake: FakeUpstreamHandle, workspaces: Workspaces
+) -> None:
+    registry = ToolRegistry()
+
+    @registry.tool
+    def report(size: int) -> str:
+        """A long report."""
+        return "word " * (size // 5)
+
+    workspace = workspaces.for_session("large-result")
+    server, allowed = registry_server(registry)
+    async with cli_client(
+        fake, workspace, tools=[], allowed_tools=allowed, mcp_servers={"copilot": server}
+    ) as client:
+        messages = await ask(
+            client, '[[fake:tool name=mcp__copilot__report input={"size": 60000}]]'
+        )
+    result_of(messages)
+    [sent] = sent_tool_results(fake)
+    assert text_of(sent) == "word " * 12000
