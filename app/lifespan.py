@@ -151,4 +151,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
                 state.sessions,
                 cluster=settings.redis.cluster,
             ),
+            redis=state.redis,
+            keys=state.keys,
+            sessions=state.sessions,
         )

@@ -154,7 +154,7 @@ async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Respons
     """Start a turn and answer with its UI message stream."""
     ctx = _turns(state)
     order = _order(body, user.id, state.settings.turns.max_message_chars)
-    runner = await begin_turn(state, ctx, order)
+    runner = await begin_turn(ctx, order)
 
     def on_close() -> None:
         if body.on_disconnect == "cancel" and not runner.done:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from redis.asyncio import Redis, RedisCluster
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.coord.redis import Keys
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnServices
 from app.turns.stops import StopListener, TurnStopper
@@ -25,3 +29,6 @@ class TurnContext:
     starts: asyncio.Semaphore
     stops: StopListener
     stopper: TurnStopper
+    redis: Redis | RedisCluster
+    keys: Keys
+    sessions: async_sessionmaker[AsyncSession]

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
 from app.errors import Conflict, InvalidInput
-from app.lifespan import AppState
 from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository, session_not_found
@@ -63,14 +62,14 @@ class Admission:
 
 
 async def _take_lease(
-    state: AppState, ctx: TurnContext, order: TurnOrder, events_key: str, admission: Admission
+    ctx: TurnContext, order: TurnOrder, events_key: str, admission: Admission
 ) -> Lease:
     """The session's lease, with the turn's EventLog created in the same round trip."""
-    log_ttl = state.settings.turns.eventlog_ttl_s
+    log_ttl = ctx.services.settings.eventlog_ttl_s
     lease = Lease(
-        state.redis,
-        state.keys.session_lease(order.session_id),
-        int(state.settings.turns.lease_ttl_s * 1000),
+        ctx.redis,
+        ctx.keys.session_lease(order.session_id),
+        int(ctx.services.settings.lease_ttl_s * 1000),
         owner=ctx.replica_id,
     )
     if await lease.acquire(events_key, log_ttl):
@@ -80,7 +79,7 @@ async def _take_lease(
         # A turn being stopped (or one we may interrupt, on any replica) frees the session
         # within moments; other turns may start meanwhile.
         admission.give_back()
-        active = await state.turn_rows.active_turn(order.session_id)
+        active = await ctx.services.rows.active_turn(order.session_id)
         await ctx.stopper.stop(order.session_id, active)
         await admission.take()
         if await lease.acquire(events_key, log_ttl):
@@ -142,14 +141,14 @@ async def _answer_again(
 
 
 async def _start_rows(
-    state: AppState, ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID, assistant_id: str
+    ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID, assistant_id: str
 ) -> tuple[list[dict[str, Any]], bool]:
     """Store the turn's first rows; the history to answer, and whether this is a new chat."""
     model = ctx.services.backend.model
     backend = ctx.services.backend.name
     if order.trigger == "submit-message":
         message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
-        started = await state.turn_rows.start(
+        started = await ctx.services.rows.start(
             session_id=order.session_id,
             user_id=order.user_id,
             turn_id=turn_id,
@@ -174,7 +173,7 @@ async def _start_rows(
             first = started.title is None and not any(m["role"] == "user" for m in started.history)
             return history, first
         order.user_message_id = message_id
-    async with state.sessions() as db:
+    async with ctx.sessions() as db:
         sessions, messages = SessionRepository(db), MessageRepository(db)
         await sessions.get_or_create(order.user_id, order.session_id)
         session = await sessions.get(order.user_id, order.session_id, for_update=True)
@@ -211,7 +210,7 @@ async def _start_rows(
     return history, first
 
 
-async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> TurnRunner:
+async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
     """Take the session, persist the turn's first rows, and start its runner.
 
     The common case (a new message) is one statement; anything else takes the general path.
@@ -220,18 +219,18 @@ async def begin_turn(state: AppState, ctx: TurnContext, order: TurnOrder) -> Tur
     """
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
-    events_key = state.keys.turn_events(order.session_id, str(turn_id))
+    events_key = ctx.keys.turn_events(order.session_id, str(turn_id))
     # Ownership first: another user's session must see no effect at all (no lease taken or
     # held, no turn stopped, no key or row written) and the same answer as an unknown id.
-    owner = await state.turn_rows.session_owner(order.session_id)
+    owner = await ctx.services.rows.session_owner(order.session_id)
     if owner is not None and owner != order.user_id:
         raise session_not_found(order.session_id)
     admission = Admission(ctx.starts)
     await admission.take()
     try:
-        lease = await _take_lease(state, ctx, order, events_key, admission)
+        lease = await _take_lease(ctx, order, events_key, admission)
         try:
-            history, first_message = await _start_rows(state, ctx, order, turn_id, assistant_id)
+            history, first_message = await _start_rows(ctx, order, turn_id, assistant_id)
         except BaseException:
             # A refused start leaves nothing behind: the lease goes, and the EventLog with it.
             await asyncio.shield(lease.release_or_retry(events_key))

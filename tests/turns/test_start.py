@@ -37,7 +37,7 @@ async def test_a_turn_stopped_before_its_task_ran_still_ends_stored_and_frees_it
 ) -> None:
     state, ctx = _state(app)
     session_id = f"s-{uuid.uuid4().hex}"
-    runner = await begin_turn(state, ctx, _order(session_id))
+    runner = await begin_turn(ctx, _order(session_id))
     assert runner.stop("stopped")  # before the event loop ran the turn's task at all
 
     async def read() -> list[bytes]:
@@ -61,7 +61,7 @@ async def test_a_turn_stopped_before_its_task_ran_still_ends_stored_and_frees_it
         ).scalar_one()
     assert status == "stopped"
     assert active is None
-    second = await begin_turn(state, ctx, _order(session_id))  # the session is free
+    second = await begin_turn(ctx, _order(session_id))  # the session is free
     await asyncio.wait_for(second.wait_persisted(), 10)
 
 
@@ -82,7 +82,7 @@ async def test_a_burst_of_starts_fills_every_start_place_and_gives_each_back(
 
     watcher = asyncio.create_task(watch())
     runners = await asyncio.gather(
-        *(begin_turn(state, ctx, _order(f"s-{uuid.uuid4().hex}")) for _ in range(limit * 3))
+        *(begin_turn(ctx, _order(f"s-{uuid.uuid4().hex}")) for _ in range(limit * 3))
     )
     watching = False
     await watcher
