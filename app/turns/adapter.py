@@ -19,6 +19,7 @@ from app.backends.events import (
     ReasoningDelta,
     ReasoningEnd,
     ReasoningStart,
+    StatusNote,
     StepEnd,
     StepStart,
     TextDelta,
@@ -31,6 +32,7 @@ from app.backends.events import (
     UsageReport,
 )
 from app.store.usage import Usage
+from app.stream import chunks
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -130,6 +132,8 @@ class ChunkAdapter:
             self.end_step()
         elif isinstance(event, UsageReport):
             self.usage.add(event.usage)
+        elif isinstance(event, StatusNote):
+            self.emit(chunks.data_status(event.status, **event.detail))
         elif isinstance(event, Finished):
             self.end_step()
             self.finished = event
