@@ -201,3 +201,15 @@ def test_serve_runs_a_standalone_server() -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_tool_directive_matches_the_mcp_name_the_cli_offers(fake: FakeUpstreamHandle) -> None:
+    tools = [
+        {"name": "Read", "input_schema": {"type": "object"}},
+        {"name": "mcp__copilot__calculate", "input_schema": {"type": "object"}},
+    ]
+    body = _body('[[fake:tool name=calculate input={"expression": "6*7"}]]', tools=tools)
+    reply = httpx.post(f"{fake.base_url}/v1/messages", json=body, timeout=10).json()
+    uses = [block for block in reply["content"] if block["type"] == "tool_use"]
+    assert [u["name"] for u in uses] == ["mcp__copilot__calculate"]
+    assert uses[0]["input"] == {"expression": "6*7"}

@@ -148,11 +148,19 @@ def _full_blocks(plan: ReplyPlan, body: dict[str, Any]) -> list[Block]:
         return blocks
     if plan.text:
         blocks.append(Block("text", _split_text(plan.text)))
+    tools = body.get("tools")
+    offered = (
+        [str(t.get("name")) for t in tools if isinstance(t, dict)]
+        if isinstance(tools, list)
+        else []
+    )
     name = plan.name
     if name is None:
-        tools = body.get("tools")
-        first = tools[0] if isinstance(tools, list) and tools else None
-        name = str(first.get("name", "tool")) if isinstance(first, dict) else "tool"
+        name = offered[0] if offered else "tool"
+    elif name not in offered:
+        # The same directive names a tool on every backend: `calculate` is offered to the
+        # Claude Code CLI as an MCP tool, `mcp__copilot__calculate`.
+        name = next((o for o in offered if o.endswith(f"__{name}")), name)
     tool_input = {} if plan.input is None else plan.input
     raw = orjson.dumps(tool_input).decode()
     pieces = [raw[i : i + 4] for i in range(0, len(raw), 4)]
