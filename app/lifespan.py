@@ -132,7 +132,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         maintenance = TurnMaintenance(registry, state.turn_rows, state.redis, settings.turns)
         maintenance.start()
         stack.push_async_callback(maintenance.close)
-        stops = StopListener(state.redis_readers, state.keys, registry)
+        stops = StopListener(state.redis_readers, state.keys, registry, backend.forget_session)
         stops.start()
         stack.push_async_callback(stops.close)
         stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)

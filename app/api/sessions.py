@@ -160,7 +160,10 @@ async def delete_session(session_id: SessionIdPath, user: CurrentUser, state: St
         await SessionRepository(db).delete(user.id, session_id)
         await db.commit()
     if state.turns is not None:
+        # Every replica drops what it keeps for the session (a warm CLI, its workspace);
+        # this one at once, whatever Redis does.
         await state.turns.services.backend.forget_session(session_id)
+        await state.turns.stopper.forget(session_id)
     return Response(status_code=204)
 
 

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from redis.asyncio import Redis, RedisCluster
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = (0.5, 5.0)  # first and largest wait before subscribing again after a failure
 POLL_S = 0.5  # longest wait for a message: how soon the listener notices it is closing
+FORGET = b"forget"  # a stop channel message meaning: the session was deleted, drop its state
 STOP_WAIT_S = 10.0  # how long a stop waits for the turn's final write and the session's release
 FREED_POLL_S = 0.05  # how often a stop sent to another replica looks whether it took effect
 
@@ -36,10 +39,18 @@ FREED_POLL_S = 0.05  # how often a stop sent to another replica looks whether it
 class StopListener:
     """Subscribes to every stop channel under the key prefix and stops local turns."""
 
-    def __init__(self, redis: Redis | RedisCluster, keys: Keys, registry: TurnRegistry) -> None:
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        keys: Keys,
+        registry: TurnRegistry,
+        forget: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.registry = registry
+        self.forget = forget
+        self._forgetting: set[asyncio.Task[None]] = set()
         self.subscribed = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -59,8 +70,14 @@ class StopListener:
                 log.warning("stop listener: still running after close")
 
     def deliver(self, channel: bytes, turn_id: bytes) -> bool:
-        """Stop the turn named by a message, if it runs here; whether it did."""
+        """Stop the turn named by a message, if it runs here; whether it did. The message
+        `forget` drops what this replica keeps for a deleted session (a warm CLI, files)."""
         session_id = self.keys.session_of_stop_channel(channel.decode(errors="replace"))
+        if session_id and turn_id == FORGET and self.forget is not None:
+            task = asyncio.create_task(self.forget(session_id))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
+            return False
         runner = self.registry.for_session(session_id) if session_id else None
         if runner is None or runner.turn_id != turn_id.decode(errors="replace"):
             return False
@@ -134,6 +151,10 @@ class TurnStopper:
             with anyio.move_on_after(wait_s):
                 await self._wait_freed(session_id, turn_id)
         return True
+
+    async def forget(self, session_id: str) -> None:
+        """Tell every replica (this one included) to drop what it keeps for the session."""
+        await self.redis.publish(self.keys.stop_channel(session_id), FORGET)
 
     async def _wait_freed(self, session_id: str, turn_id: uuid.UUID) -> None:
         """Until the session's lease is gone (its turn ended on another replica and released

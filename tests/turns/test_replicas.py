@@ -141,3 +141,24 @@ def test_resume_of_a_turn_whose_replica_died_ends_with_interrupted(
     assert_well_formed(resumed)
     assert resumed.error is not None
     assert resumed.error["code"] == "interrupted"
+
+
+def test_delete_on_the_other_replica_stops_the_turn_before_deleting(
+    replicas: tuple[Served, Served],
+) -> None:
+    a, b = replicas
+    sid = f"rep-{uuid.uuid4().hex[:8]}"
+    sock = start_turn_raw(a, sid, "[[fake:text tokens=400 rate=40]]")
+    try:
+        with b.client() as http:
+            wait_until(lambda: [t for t in turns(http, sid) if t["status"] == "running"])
+            assert http.delete(f"/api/v1/sessions/{sid}").status_code == 204
+            assert http.get(f"/api/v1/sessions/{sid}").status_code == 404
+        with a.client() as http:
+            assert http.get(f"/api/v1/sessions/{sid}").status_code == 404
+            # The id is free again at once: no lease of the stopped turn is left behind.
+            fresh = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": "again"})
+        assert_well_formed(fresh)
+        assert fresh.chunks[-1]["finishReason"] == "stop"
+    finally:
+        sock.close()
