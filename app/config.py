@@ -8,6 +8,8 @@ list every variable, even those without a default.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -16,6 +18,10 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_FILES = (".env.default", ".env")
+
+API_KEY_MIN_CHARS = 16
+_API_KEY_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -94,29 +100,103 @@ class AuthSettings(BaseSettings):
     api_keys: SecretStr | None = None
     local_user: str = "local"
 
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_api_keys(value.get_secret_value())
+        return value
+
     def api_key_hashes(self) -> dict[str, str]:
-        """Map sha256(key) -> user id; entries are `key`, `user=key` or `user=sha256:<hex>`."""
-        hashes: dict[str, str] = {}
+        """Map sha256(key) -> user id (see `parse_api_keys`)."""
         if self.api_keys is None:
-            return hashes
-        for raw in self.api_keys.get_secret_value().split(","):
-            entry = raw.strip()
-            if not entry:
-                continue
-            user, sep, key = entry.partition("=")
-            if not sep:
-                user, key = "", entry
-            if key.startswith("sha256:"):
-                digest = key.removeprefix("sha256:").lower()
-            else:
-                digest = hashlib.sha256(key.encode()).hexdigest()
-            hashes[digest] = user or f"apikey-{digest[:12]}"
-        return hashes
+            return {}
+        return parse_api_keys(self.api_keys.get_secret_value())
 
     @property
     def configured(self) -> bool:
         """Whether any authentication is configured (else: single local user mode)."""
         return bool(self.jwt_secret or self.jwt_public_key or self.api_keys)
+
+
+def _listed_api_keys(text: str) -> list[tuple[str, str]]:
+    """`user=key` entries split at the first `=` (user ids have none); a bare key has no `=`."""
+    entries: list[tuple[str, str]] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if "=" not in entry:
+            entries.append(("", entry))
+            continue
+        user, _, key = entry.partition("=")
+        if not _API_KEY_USER.fullmatch(user):
+            raise ValueError(
+                f"COPILOT_API_KEYS entry {len(entries) + 1}: the text before the first '=' must "
+                "be a user id (letters, digits, '_', '.', '@', '-'); a key containing '=' is "
+                "written 'user=key', or list the keys as JSON"
+            )
+        entries.append((user, key))
+    return entries
+
+
+def _json_api_keys(text: str) -> list[tuple[str, str]]:
+    """`{"user": "key" | ["key", ...]}`: for keys with commas or any other character."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        # The decoder's message names a position, never the text around it.
+        raise ValueError(f"COPILOT_API_KEYS is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("COPILOT_API_KEYS as JSON must be an object of user -> key(s)")
+    entries: list[tuple[str, str]] = []
+    for user, keys in data.items():
+        listed = keys if isinstance(keys, list) else [keys]
+        for key in listed:
+            if not user or len(user) > 255 or not isinstance(key, str):
+                raise ValueError(
+                    f"COPILOT_API_KEYS entry {len(entries) + 1}: users must be non-empty ids "
+                    "(at most 255 characters) and keys strings"
+                )
+            entries.append((user, key))
+    return entries
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """Map sha256(key) -> user id for `COPILOT_API_KEYS`.
+
+    Two forms, each with one reading of any value: a comma-separated list of `key` (no `=`),
+    `user=key` or `user=sha256:<hex>`, split at the first `=`, which a user id never contains;
+    or a JSON object `{"user": "key" | ["key", ...]}` for keys containing commas. Empty keys,
+    keys shorter than API_KEY_MIN_CHARS and a key listed twice are refused; errors name the
+    entry by its position, never by its text (which may be the secret).
+    """
+    stripped = text.strip()
+    entries = _json_api_keys(stripped) if stripped.startswith("{") else _listed_api_keys(text)
+    if not entries:
+        raise ValueError("COPILOT_API_KEYS is set but lists no key")
+    hashes: dict[str, str] = {}
+    for position, (user, key) in enumerate(entries, 1):
+        where = f"COPILOT_API_KEYS entry {position}"
+        if key.startswith("sha256:"):
+            digest = key.removeprefix("sha256:").lower()
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(f"{where}: 'sha256:' must be followed by 64 hex digits")
+        elif not key:
+            raise ValueError(f"{where}: the key is empty")
+        elif not key.strip("="):
+            raise ValueError(
+                f"{where}: the key after the first '=' is only '='; a key that ends in '=' "
+                "must be written with its user, 'user=key' (or listed as JSON)"
+            )
+        elif len(key) < API_KEY_MIN_CHARS:
+            raise ValueError(f"{where}: the key is shorter than {API_KEY_MIN_CHARS} characters")
+        else:
+            digest = hashlib.sha256(key.encode()).hexdigest()
+        if digest in hashes:
+            raise ValueError(f"{where}: the same key is listed twice")
+        hashes[digest] = user or f"apikey-{digest[:12]}"
+    return hashes
 
 
 class AnthropicSettings(BaseSettings):
