@@ -12,16 +12,19 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_FILES = (".env.default", ".env")
 
 API_KEY_MIN_CHARS = 16
 _API_KEY_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -50,6 +53,26 @@ class ServerSettings(BaseSettings):
     migrate_on_start: bool = True
     log_level: str = "INFO"
     replica_id: str | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    hsts_max_age_s: int = Field(default=0, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """A JSON list or a comma-separated string of exact origins (`scheme://host[:port]`)."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if not isinstance(value, list):
+            return value
+        origins = [str(origin).strip() for origin in value if str(origin).strip()]
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"COPILOT_CORS_ORIGINS: {origin!r} is not an exact origin: write "
+                    "scheme://host[:port], without a path, a trailing '/' or a wildcard"
+                )
+        return origins
 
 
 class DatabaseSettings(BaseSettings):

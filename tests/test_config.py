@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 
-from app.config import AuthSettings, Settings
+from app.config import AuthSettings, ServerSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,3 +152,26 @@ def test_a_bare_key_without_equals_sign_still_maps_to_a_derived_user() -> None:
     hashes = AuthSettings(api_keys=SecretStr("a-bare-key-0123456789")).api_key_hashes()
     ((digest, user),) = hashes.items()
     assert user == f"apikey-{digest[:12]}"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "http://localhost:3000, https://chat.example.com",
+        '["http://localhost:3000", "https://chat.example.com"]',
+    ],
+)
+def test_cors_origins_are_read_comma_separated_or_as_json(
+    monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    monkeypatch.setenv("COPILOT_CORS_ORIGINS", written)
+    assert ServerSettings().cors_origins == ["http://localhost:3000", "https://chat.example.com"]
+
+
+@pytest.mark.parametrize("origin", ["*", "https://chat.example.com/", "chat.example.com"])
+def test_a_cors_origin_that_is_not_exact_is_refused(
+    monkeypatch: pytest.MonkeyPatch, origin: str
+) -> None:
+    monkeypatch.setenv("COPILOT_CORS_ORIGINS", origin)
+    with pytest.raises(ValidationError, match="is not an exact origin"):
+        ServerSettings()
