@@ -122,6 +122,17 @@ class AuthSettings(BaseSettings):
     jwt_ttl_s: int = 3600
     api_keys: SecretStr | None = None
     local_user: str = "local"
+    metrics_token: SecretStr | None = None
+    docs: Literal["public", "auth", "off"] | None = None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < API_KEY_MIN_CHARS:
+            raise ValueError(
+                f"COPILOT_METRICS_TOKEN is shorter than {API_KEY_MIN_CHARS} characters"
+            )
+        return value
 
     @field_validator("api_keys")
     @classmethod
@@ -140,6 +151,13 @@ class AuthSettings(BaseSettings):
     def configured(self) -> bool:
         """Whether any authentication is configured (else: single local user mode)."""
         return bool(self.jwt_secret or self.jwt_public_key or self.api_keys)
+
+    @property
+    def docs_access(self) -> Literal["public", "auth", "off"]:
+        """Who may read /openapi.json, /docs and /redoc: unset means public only in local mode."""
+        if self.docs is not None:
+            return self.docs
+        return "auth" if self.configured else "public"
 
 
 def _listed_api_keys(text: str) -> list[tuple[str, str]]:

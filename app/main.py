@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp
 
-from app.api import chat, health, sessions
+from app.api import chat, docs, health, sessions
 from app.api.errors import install_error_handlers
 from app.api.headers import edge
 from app.api.limits import BodyLimit
@@ -32,11 +32,14 @@ class CopilotApp(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for `settings` (read from the environment when omitted)."""
     settings = settings or Settings()
+    docs_access = settings.auth.docs_access
     app = CopilotApp(
         title="copilot-server",
         version="0.1.0",
         summary="Chat with an agent over Server-Sent Events (AI SDK UI message stream v1).",
         lifespan=lifespan_for(settings),
+        # Not public: no route of FastAPI's own; `auth` mounts app/api/docs.py instead.
+        openapi_url="/openapi.json" if docs_access == "public" else None,
     )
     app.settings = settings
     install_error_handlers(app)
@@ -46,5 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(health.router)
     app.include_router(api)
     app.include_router(health.router)
+    if docs_access == "auth":
+        app.include_router(docs.router)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
     return app
