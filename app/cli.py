@@ -83,6 +83,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     importer.start()
     with provisioned(settings) as ready:
         importer.join()
+        from app.connection_limits import head_deadline_protocol
         from app.main import create_app
         from app.store.db import migrate
 
@@ -98,6 +99,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
             timeout_graceful_shutdown=int(ready.server.graceful_shutdown_s),
             lifespan="on",
             access_log=False,
+            http=head_deadline_protocol(ready.server.header_timeout_s),
+            timeout_keep_alive=ready.server.keepalive_s,
+            limit_concurrency=ready.server.max_connections,
         )
         TurnAwareServer(config, app).run()
     return 0

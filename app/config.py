@@ -53,6 +53,9 @@ class ServerSettings(BaseSettings):
     migrate_on_start: bool = True
     log_level: str = "INFO"
     replica_id: str | None = None
+    keepalive_s: int = Field(default=5, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=2000, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     hsts_max_age_s: int = Field(default=0, ge=0)
 
