@@ -68,7 +68,8 @@ class ServerSettings(BaseSettings):
             value = json.loads(text) if text.startswith("[") else text.split(",")
         if not isinstance(value, list):
             return value
-        origins = [str(origin).strip() for origin in value if str(origin).strip()]
+        # Browsers send scheme and host in lower case, and the match is exact.
+        origins = [str(origin).strip().lower() for origin in value if str(origin).strip()]
         for origin in origins:
             if not _ORIGIN.fullmatch(origin):
                 raise ValueError(

@@ -157,7 +157,7 @@ def test_a_bare_key_without_equals_sign_still_maps_to_a_derived_user() -> None:
 @pytest.mark.parametrize(
     "written",
     [
-        "http://localhost:3000, https://chat.example.com",
+        "http://localhost:3000, https://Chat.Example.com",
         '["http://localhost:3000", "https://chat.example.com"]',
     ],
 )

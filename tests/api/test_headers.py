@@ -150,8 +150,10 @@ async def test_hsts_is_sent_only_when_configured(settings: Settings) -> None:
     assert response.headers["strict-transport-security"] == "max-age=31536000"
 
 
-async def test_the_docs_page_keeps_its_own_scripts(client: httpx.AsyncClient) -> None:
-    response = await client.get("/docs")
+async def test_the_docs_page_keeps_its_own_scripts(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    response = await client.get("/docs", headers=bearer(settings, "alice"))
     assert response.status_code == 200
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in response.headers
