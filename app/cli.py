@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 from starlette.applications import Starlette
 
 from app.config import Settings
@@ -82,6 +83,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     importer.start()
     with provisioned(settings) as ready:
         importer.join()
+        from app.connection_limits import head_deadline_protocol
         from app.main import create_app
         from app.store.db import migrate
 
@@ -97,6 +99,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
             timeout_graceful_shutdown=int(ready.server.graceful_shutdown_s),
             lifespan="on",
             access_log=False,
+            http=head_deadline_protocol(ready.server.header_timeout_s),
+            timeout_keep_alive=ready.server.keepalive_s,
+            limit_concurrency=ready.server.max_connections,
         )
         TurnAwareServer(config, app).run()
     return 0
@@ -174,9 +179,23 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _configuration_problems(exc: ValidationError) -> str:
+    """One line per invalid setting; messages name variables and entries, never values."""
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {message}" if "COPILOT_" in message else f"  {where}: {message}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `copilot` console script."""
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"copilot: invalid configuration:\n{_configuration_problems(exc)}", file=sys.stderr)
+        sys.exit(2)
     setup_logging(settings.server.log_level)
     args = _parser(settings).parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_shutdown)

@@ -8,14 +8,23 @@ list every variable, even those without a default.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_FILES = (".env.default", ".env")
+
+API_KEY_MIN_CHARS = 16
+_API_KEY_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -44,6 +53,30 @@ class ServerSettings(BaseSettings):
     migrate_on_start: bool = True
     log_level: str = "INFO"
     replica_id: str | None = None
+    keepalive_s: int = Field(default=5, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=2000, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    hsts_max_age_s: int = Field(default=0, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """A JSON list or a comma-separated string of exact origins (`scheme://host[:port]`)."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if not isinstance(value, list):
+            return value
+        # Browsers send scheme and host in lower case, and the match is exact.
+        origins = [str(origin).strip().lower() for origin in value if str(origin).strip()]
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"COPILOT_CORS_ORIGINS: {origin!r} is not an exact origin: write "
+                    "scheme://host[:port], without a path, a trailing '/' or a wildcard"
+                )
+        return origins
 
 
 class DatabaseSettings(BaseSettings):
@@ -93,30 +126,122 @@ class AuthSettings(BaseSettings):
     jwt_ttl_s: int = 3600
     api_keys: SecretStr | None = None
     local_user: str = "local"
+    metrics_token: SecretStr | None = None
+    docs: Literal["public", "auth", "off"] | None = None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < API_KEY_MIN_CHARS:
+            raise ValueError(
+                f"COPILOT_METRICS_TOKEN is shorter than {API_KEY_MIN_CHARS} characters"
+            )
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_api_keys(value.get_secret_value())
+        return value
 
     def api_key_hashes(self) -> dict[str, str]:
-        """Map sha256(key) -> user id; entries are `key`, `user=key` or `user=sha256:<hex>`."""
-        hashes: dict[str, str] = {}
+        """Map sha256(key) -> user id (see `parse_api_keys`)."""
         if self.api_keys is None:
-            return hashes
-        for raw in self.api_keys.get_secret_value().split(","):
-            entry = raw.strip()
-            if not entry:
-                continue
-            user, sep, key = entry.partition("=")
-            if not sep:
-                user, key = "", entry
-            if key.startswith("sha256:"):
-                digest = key.removeprefix("sha256:").lower()
-            else:
-                digest = hashlib.sha256(key.encode()).hexdigest()
-            hashes[digest] = user or f"apikey-{digest[:12]}"
-        return hashes
+            return {}
+        return parse_api_keys(self.api_keys.get_secret_value())
 
     @property
     def configured(self) -> bool:
         """Whether any authentication is configured (else: single local user mode)."""
         return bool(self.jwt_secret or self.jwt_public_key or self.api_keys)
+
+    @property
+    def docs_access(self) -> Literal["public", "auth", "off"]:
+        """Who may read /openapi.json, /docs and /redoc: unset means public only in local mode."""
+        if self.docs is not None:
+            return self.docs
+        return "auth" if self.configured else "public"
+
+
+def _listed_api_keys(text: str) -> list[tuple[str, str]]:
+    """`user=key` entries split at the first `=` (user ids have none); a bare key has no `=`."""
+    entries: list[tuple[str, str]] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if "=" not in entry:
+            entries.append(("", entry))
+            continue
+        user, _, key = entry.partition("=")
+        if not _API_KEY_USER.fullmatch(user):
+            raise ValueError(
+                f"COPILOT_API_KEYS entry {len(entries) + 1}: the text before the first '=' must "
+                "be a user id (letters, digits, '_', '.', '@', '-'); a key containing '=' is "
+                "written 'user=key', or list the keys as JSON"
+            )
+        entries.append((user, key))
+    return entries
+
+
+def _json_api_keys(text: str) -> list[tuple[str, str]]:
+    """`{"user": "key" | ["key", ...]}`: for keys with commas or any other character."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        # The decoder's message names a position, never the text around it.
+        raise ValueError(f"COPILOT_API_KEYS is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("COPILOT_API_KEYS as JSON must be an object of user -> key(s)")
+    entries: list[tuple[str, str]] = []
+    for user, keys in data.items():
+        listed = keys if isinstance(keys, list) else [keys]
+        for key in listed:
+            if not user or len(user) > 255 or not isinstance(key, str):
+                raise ValueError(
+                    f"COPILOT_API_KEYS entry {len(entries) + 1}: users must be non-empty ids "
+                    "(at most 255 characters) and keys strings"
+                )
+            entries.append((user, key))
+    return entries
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """Map sha256(key) -> user id for `COPILOT_API_KEYS`.
+
+    Two forms, each with one reading of any value: a comma-separated list of `key` (no `=`),
+    `user=key` or `user=sha256:<hex>`, split at the first `=`, which a user id never contains;
+    or a JSON object `{"user": "key" | ["key", ...]}` for keys containing commas. Empty keys,
+    keys shorter than API_KEY_MIN_CHARS and a key listed twice are refused; errors name the
+    entry by its position, never by its text (which may be the secret).
+    """
+    stripped = text.strip()
+    entries = _json_api_keys(stripped) if stripped.startswith("{") else _listed_api_keys(text)
+    if not entries:
+        raise ValueError("COPILOT_API_KEYS is set but lists no key")
+    hashes: dict[str, str] = {}
+    for position, (user, key) in enumerate(entries, 1):
+        where = f"COPILOT_API_KEYS entry {position}"
+        if key.startswith("sha256:"):
+            digest = key.removeprefix("sha256:").lower()
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(f"{where}: 'sha256:' must be followed by 64 hex digits")
+        elif not key:
+            raise ValueError(f"{where}: the key is empty")
+        elif not key.strip("="):
+            raise ValueError(
+                f"{where}: the key after the first '=' is only '='; a key that ends in '=' "
+                "must be written with its user, 'user=key' (or listed as JSON)"
+            )
+        elif len(key) < API_KEY_MIN_CHARS:
+            raise ValueError(f"{where}: the key is shorter than {API_KEY_MIN_CHARS} characters")
+        else:
+            digest = hashlib.sha256(key.encode()).hexdigest()
+        if digest in hashes:
+            raise ValueError(f"{where}: the same key is listed twice")
+        hashes[digest] = user or f"apikey-{digest[:12]}"
+    return hashes
 
 
 class AnthropicSettings(BaseSettings):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp
 
-from app.api import chat, health, sessions
+from app.api import chat, docs, health, sessions
 from app.api.errors import install_error_handlers
+from app.api.headers import edge
 from app.api.limits import BodyLimit
 from app.config import Settings
 from app.lifespan import lifespan_for
@@ -13,15 +15,33 @@ from app.lifespan import lifespan_for
 API_PREFIX = "/api/v1"
 
 
+class CopilotApp(FastAPI):
+    """FastAPI with CORS and the security headers outside even the 500 handler.
+
+    Middleware added with `add_middleware` runs inside Starlette's ServerErrorMiddleware, so
+    a 500 would go out without them; these layers wrap the whole stack instead.
+    """
+
+    settings: Settings
+
+    def build_middleware_stack(self) -> ASGIApp:
+        server = self.settings.server
+        return edge(super().build_middleware_stack(), server.cors_origins, server.hsts_max_age_s)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for `settings` (read from the environment when omitted)."""
     settings = settings or Settings()
-    app = FastAPI(
+    docs_access = settings.auth.docs_access
+    app = CopilotApp(
         title="copilot-server",
         version="0.1.0",
         summary="Chat with an agent over Server-Sent Events (AI SDK UI message stream v1).",
         lifespan=lifespan_for(settings),
+        # Not public: no route of FastAPI's own; `auth` mounts app/api/docs.py instead.
+        openapi_url="/openapi.json" if docs_access == "public" else None,
     )
+    app.settings = settings
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(sessions.router)
@@ -29,5 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(health.router)
     app.include_router(api)
     app.include_router(health.router)
+    if docs_access == "auth":
+        app.include_router(docs.router)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
     return app

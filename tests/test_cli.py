@@ -86,6 +86,22 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
     assert not (tmp_path / ".copilot").exists(), "nothing may start before the refusal"
 
 
+def test_empty_api_key_is_refused_at_start_up(tmp_path: Path) -> None:
+    env = {"COPILOT_API_KEYS": "svc=a-service-key-0123456789,alice="}
+    result = run_copilot(["serve", "--port", str(free_port())], env, tmp_path)
+    assert result.returncode == 2
+    assert "COPILOT_API_KEYS entry 2: the key is empty" in result.stderr
+    assert "a-service-key" not in result.stderr
+    assert not (tmp_path / ".copilot").exists(), "nothing may start before the refusal"
+
+
+def test_short_api_key_is_refused_at_start_up(tmp_path: Path) -> None:
+    result = run_copilot(["serve"], {"COPILOT_API_KEYS": "alice=tiny-key"}, tmp_path)
+    assert result.returncode == 2
+    assert "entry 1: the key is shorter than 16 characters" in result.stderr
+    assert "tiny-key" not in result.stderr
+
+
 def test_ctrl_c_stops_the_server_and_its_embedded_services(tmp_path: Path) -> None:
     env = {**BARE_ENV, "COPILOT_DATA_DIR": str(tmp_path / "data")}
     with serve(env, tmp_path) as served:

@@ -28,6 +28,10 @@ class Authenticator:
         self.settings = settings
         self.key_hashes = settings.api_key_hashes()
         self.local = not settings.configured
+        self.metrics_digest: str | None = None
+        if settings.metrics_token is not None:
+            token = settings.metrics_token.get_secret_value()
+            self.metrics_digest = hashlib.sha256(token.encode()).hexdigest()
         self.verify_key: str | None = None
         self.algorithms: list[str] = []
         if settings.jwt_public_key is not None:
@@ -58,6 +62,18 @@ class Authenticator:
                 "the Authorization header must be 'Bearer <token>'", code="malformed_credentials"
             )
         return User(id=self.decode(token.strip()), via="jwt")
+
+    def authorize_metrics(self, authorization: str | None) -> None:
+        """Unauthorized unless no metrics token is set or the header carries it as a bearer."""
+        if self.metrics_digest is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self.metrics_digest):
+            raise Unauthorized(
+                "/metrics needs 'Authorization: Bearer <COPILOT_METRICS_TOKEN>'",
+                code="invalid_metrics_token",
+            )
 
     def decode(self, token: str) -> str:
         """The `sub` of a valid token."""

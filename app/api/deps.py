@@ -54,3 +54,11 @@ async def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def metrics_reader(
+    state: StateDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """A scraper holding COPILOT_METRICS_TOKEN, when one is set (401 otherwise)."""
+    state.auth.authorize_metrics(authorization)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from sqlalchemy import text
 
-from app.api.deps import StateDep
+from app.api.deps import StateDep, metrics_reader
 from app.api.errors import error_response
 from app.observability.metrics import render
 
@@ -46,8 +46,8 @@ async def readyz(state: StateDep) -> dict[str, str] | Response:
     return {"status": "ready"}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_reader)])
 async def metrics() -> Response:
-    """Prometheus exposition format."""
+    """Prometheus exposition format (needs COPILOT_METRICS_TOKEN as a bearer token when set)."""
     body, content_type = render()
     return Response(body, media_type=content_type)

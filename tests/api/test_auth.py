@@ -104,13 +104,17 @@ async def test_rs256_public_key_verifies_tokens(client_for) -> None:  # type: ig
     assert response.status_code == 401
 
 
+KEY_ONE = "key-one-0123456789"
+KEY_TWO = "key-two-0123456789"
+
+
 async def test_api_keys_map_to_users(client_for) -> None:  # type: ignore[no-untyped-def]
-    http = await client_for(AuthSettings(api_keys=SecretStr("svc=key-one,key-two")))
+    http = await client_for(AuthSettings(api_keys=SecretStr(f"svc={KEY_ONE},{KEY_TWO}")))
     response = await http.post(
-        "/api/v1/sessions", json={"id": "k1"}, headers={"X-API-Key": "key-one"}
+        "/api/v1/sessions", json={"id": "k1"}, headers={"X-API-Key": KEY_ONE}
     )
     assert response.status_code == 201
-    other = await http.get("/api/v1/sessions/k1", headers={"X-API-Key": "key-two"})
+    other = await http.get("/api/v1/sessions/k1", headers={"X-API-Key": KEY_TWO})
     assert other.status_code == 404
     wrong = await http.get("/api/v1/sessions", headers={"X-API-Key": "nope"})
     assert wrong.status_code == 401
@@ -118,11 +122,29 @@ async def test_api_keys_map_to_users(client_for) -> None:  # type: ignore[no-unt
 
 
 def test_api_keys_are_kept_only_as_hashes() -> None:
-    auth = AuthSettings(api_keys=SecretStr("svc=plain-key,ops=sha256:" + "ab" * 32))
+    auth = AuthSettings(api_keys=SecretStr("svc=plain-key-0123456789,ops=sha256:" + "ab" * 32))
     hashes = auth.api_key_hashes()
     assert "plain-key" not in str(hashes)
     assert hashes["ab" * 32] == "ops"
     assert list(hashes.values()) == ["svc", "ops"]
+
+
+async def test_api_key_with_equals_sign_is_accepted(client_for) -> None:  # type: ignore[no-untyped-def]
+    key = "c2VjcmV0LWtleS1mb3ItYWxpY2U="
+    http = await client_for(AuthSettings(api_keys=SecretStr(f"alice={key}")))
+    created = await http.post("/api/v1/sessions", json={"id": "eq"}, headers={"X-API-Key": key})
+    assert created.status_code == 201
+    listed = await http.get("/api/v1/sessions", headers={"X-API-Key": key})
+    assert [s["id"] for s in listed.json()["sessions"]] == ["eq"]
+
+
+@pytest.mark.parametrize("sent", ["=", "", "c2VjcmV0LWtleS1mb3ItYWxpY2U"])
+async def test_a_lone_equals_sign_or_a_key_part_is_not_accepted(  # type: ignore[no-untyped-def]
+    client_for, sent: str
+) -> None:
+    http = await client_for(AuthSettings(api_keys=SecretStr("alice=c2VjcmV0LWtleS1mb3ItYWxpY2U=")))
+    response = await http.get("/api/v1/sessions", headers={"X-API-Key": sent})
+    assert response.status_code == 401
 
 
 async def test_local_mode_needs_no_credentials(client_for) -> None:  # type: ignore[no-untyped-def]
