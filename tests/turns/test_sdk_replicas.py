@@ -1,0 +1,165 @@
+"""The Claude Agent SDK backend on two `copilot serve` replicas: the real CLI on each, one
+Postgres holding the transcripts, the fake upstream as the model.
+
+A session moves A -> B -> A: B never saw it and resumes it from Postgres; A's warm client is
+then stale (B answered in between) and must not answer from what it remembers. Deleting the
+session, and stopping the servers, leaves no CLI process and no workspace behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from app.devtools.fake_upstream import FakeUpstreamHandle
+from tests.serving import Served, assert_well_formed, serve, stream, turns, upstream_env, wait_until
+
+
+def _cli_processes(served: Served) -> list[psutil.Process]:
+    """The Claude Code CLI processes this server started."""
+    try:
+        children = psutil.Process(served.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "claude" in " ".join(child.cmdline()).lower():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def roots() -> Iterator[tuple[Path, Path]]:
+    """Short workspace roots (the CLI's socket path must fit in 107 bytes)."""
+    made = [Path(tempfile.mkdtemp(prefix="ws", dir="/tmp")) for _ in range(2)]
+    yield made[0], made[1]
+    for root in made:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    fake: FakeUpstreamHandle,
+    database_url: str,
+    redis_url: str,
+    roots: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Served, Served]]:
+    env = upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_BACKEND="claude_sdk",
+        COPILOT_HEARTBEAT_S="0.5",
+        COPILOT_FLUSH_INTERVAL_S="0.2",
+    )
+    with (
+        serve({**env, "COPILOT_WORKSPACES_DIR": str(roots[0])}, tmp_path_factory.mktemp("a")) as a,
+        serve({**env, "COPILOT_WORKSPACES_DIR": str(roots[1])}, tmp_path_factory.mktemp("b")) as b,
+    ):
+        yield a, b
+
+
+def _chat(served: Served, session_id: str, text: str) -> Any:
+    with served.client() as http:
+        result = stream(http, "POST", "/api/v1/chat", json={"id": session_id, "message": text})
+    assert_well_formed(result)
+    assert result.chunks[-1]["finishReason"] == "stop", result.chunks
+    return result
+
+
+def _last_prompt(fake: FakeUpstreamHandle) -> str:
+    return str(fake.requests("/v1/messages")[-1]["json"]["messages"])
+
+
+def test_a_session_moves_between_replicas_and_a_stale_warm_client_is_not_used(
+    replicas: tuple[Served, Served], fake: FakeUpstreamHandle
+) -> None:
+    a, b = replicas
+    sid = f"sdk-{uuid.uuid4().hex[:10]}"
+    first = _chat(a, sid, "alpha-one")
+    assert first.text == "Echo: alpha-one"
+    warm_pids = {p.pid for p in _cli_processes(a)}
+    assert warm_pids, "replica A keeps its CLI warm for the session"
+
+    _chat(b, sid, "bravo-two")  # B never saw the session: it resumes it from Postgres
+    assert "alpha-one" in _last_prompt(fake)
+
+    _chat(a, sid, "charlie-three")  # A's warm client last saw alpha only: it is stale
+    prompt = _last_prompt(fake)
+    assert "alpha-one" in prompt
+    assert "bravo-two" in prompt
+    with a.client() as http:
+        listed = turns(http, sid)
+    assert [t["status"] for t in listed] == ["completed"] * 3
+    assert all(t["backend"] == "claude_sdk" for t in listed)
+    assert sum(t["usage"]["input_tokens"] for t in listed) > 0
+
+
+def test_a_warm_follow_up_reuses_the_same_cli_process(
+    replicas: tuple[Served, Served],
+) -> None:
+    a, _ = replicas
+    sid = f"sdk-{uuid.uuid4().hex[:10]}"
+    _chat(a, sid, "one")
+    before = {p.pid for p in _cli_processes(a)}
+    _chat(a, sid, "two")
+    after = {p.pid for p in _cli_processes(a)}
+    assert before
+    assert after == before
+
+
+def test_deleting_a_session_leaves_no_cli_process_and_no_workspace(
+    replicas: tuple[Served, Served], roots: tuple[Path, Path]
+) -> None:
+    a, b = replicas
+    sid = f"sdk-{uuid.uuid4().hex[:10]}"
+    _chat(a, sid, "hello")
+    _chat(b, sid, "hello again")
+    entries = [set(root.iterdir()) for root in roots]
+    assert all(entries), "each replica made a workspace for the session"
+    clis = len(_cli_processes(a)) + len(_cli_processes(b))
+    with a.client() as http:
+        assert http.delete(f"/api/v1/sessions/{sid}").status_code == 204
+    # Both replicas forget it: A at once, B through the forget message.
+    wait_until(lambda: not any(root.iterdir() for root in roots), timeout=20)
+    wait_until(
+        lambda: len(_cli_processes(a)) + len(_cli_processes(b)) <= clis - 2, timeout=20
+    )
+
+
+def test_shutdown_leaves_no_cli_process(
+    fake: FakeUpstreamHandle,
+    database_url: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ws", dir="/tmp"))
+    env = upstream_env(
+        fake.base_url,
+        database_url,
+        redis_url,
+        COPILOT_BACKEND="claude_sdk",
+        COPILOT_WORKSPACES_DIR=str(root),
+    )
+    try:
+        with serve(env, tmp_path_factory.mktemp("c")) as c:
+            _chat(c, f"sdk-{uuid.uuid4().hex[:10]}", "hello")
+            clis = _cli_processes(c)
+            assert clis
+            c.proc.send_signal(signal.SIGTERM)
+            c.proc.wait(30)
+        assert not [p for p in clis if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
