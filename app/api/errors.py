@@ -14,6 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.text import clean_value
 from app.errors import AppError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ def error_response(
     body: dict[str, Any] = {"code": code, "message": message}
     if extra:
         body.update(extra)
+    # A message may quote the client's input (a field name), which may hold a lone surrogate.
+    body = clean_value(body)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
@@ -41,6 +44,10 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error") or "malformed"
+            return error_response(422, "invalid_json", f"the body is not valid JSON: {reason}")
     fields = [
         {"field": _field(err.get("loc", ())), "message": str(err.get("msg", "invalid"))}
         for err in exc.errors()

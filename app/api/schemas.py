@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.api.text import Metadata, Title
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
 
@@ -18,8 +20,8 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: SessionId | None = None
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Title | None = None
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SessionPatch(BaseModel):
@@ -27,8 +29,8 @@ class SessionPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
-    metadata: dict[str, Any] | None = None
+    title: Title | None = None
+    metadata: Metadata | None = None
 
 
 class UsageOut(BaseModel):
