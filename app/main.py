@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from app.api import chat, health, sessions
-from app.api.errors import install_error_handlers
+from app.api.errors import envelope_every_error, error_responses, install_error_handlers
 from app.api.limits import BodyLimit
 from app.config import Settings
 from app.lifespan import lifespan_for
@@ -23,7 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan_for(settings),
     )
     install_error_handlers(app)
-    api = APIRouter(prefix=API_PREFIX)
+    envelope_every_error(app)
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(401, 413, 422, 503))
     api.include_router(sessions.router)
     api.include_router(chat.router)
     api.include_router(health.router)

@@ -21,6 +21,7 @@ from pydantic import (
 from app.api.attachments import check_attachments
 from app.api.body import JSONBodyRoute
 from app.api.deps import CurrentUser, StateDep
+from app.api.errors import error_responses
 from app.api.schemas import SESSION_ID_PATTERN, SessionId
 from app.api.text import Identifier, Text, clean_value, storable_json
 from app.config import TurnSettings
@@ -36,7 +37,9 @@ from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 from app.turns.start import STOP_WAIT_S, TurnOrder, begin_turn
 
-router = APIRouter(prefix="/chat", tags=["chat"], route_class=JSONBodyRoute)
+router = APIRouter(
+    prefix="/chat", tags=["chat"], route_class=JSONBodyRoute, responses=error_responses(404, 409)
+)
 
 FREED_POLL_S = 0.05  # how often a stop sent to another replica looks whether it took effect
 

@@ -14,6 +14,29 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
 
 
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code and a message a person can act on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    fields: list[FieldError] | None = None
+
+
+class ErrorOut(BaseModel):
+    """The envelope of every error answered before a stream starts."""
+
+    error: ErrorDetail
+
+
 class SessionCreate(BaseModel):
     """Create a session; the id is the server's unless the client brings one."""
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from app.api.body import JSONBodyRoute
 from app.api.deps import CurrentUser, SessionDep, SettingsDep, StateDep
+from app.api.errors import error_responses
 from app.api.schemas import (
     SESSION_ID_PATTERN,
     AttemptOut,
@@ -30,7 +31,12 @@ from app.store.models import ChatSession, Turn, TurnAttempt
 from app.store.sessions import SessionRepository
 from app.store.turns import TurnRepository
 
-router = APIRouter(prefix="/sessions", tags=["sessions"], route_class=JSONBodyRoute)
+router = APIRouter(
+    prefix="/sessions",
+    tags=["sessions"],
+    route_class=JSONBodyRoute,
+    responses=error_responses(404, 409),
+)
 
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="The session id")]
 
