@@ -15,6 +15,7 @@ reason (`app/api/errors.py`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -43,11 +44,27 @@ def _no_constants(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
+def _int(text: str) -> int | float:
+    """As orjson reads a number: an int within 64 bits, else a float (which it can write)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _float(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise json.JSONDecodeError("number is infinity when parsed as double", text, 0)
+    return value
+
+
 def _with_lone_surrogates(raw: bytes) -> Any:
     """`raw` (valid UTF-8) decoded by the standard library, which keeps escaped lone
-    surrogates (`"\\ud83d"`, what `JSON.stringify` makes of half an emoji) in its strings."""
+    surrogates (`"\\ud83d"`, what `JSON.stringify` makes of half an emoji) in its strings;
+    numbers are read as orjson reads them, so that everything decoded can be written."""
     try:
-        return json.loads(raw.decode(), parse_constant=_no_constants)
+        return json.loads(
+            raw.decode(), parse_constant=_no_constants, parse_int=_int, parse_float=_float
+        )
     except RecursionError:
         raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", "", 0) from None
 

@@ -48,6 +48,13 @@ def test_decode_json_refuses_with_a_decode_error(raw: bytes) -> None:
         decode_json(raw)
 
 
+def test_numbers_next_to_a_lone_surrogate_decode_as_orjson_reads_them() -> None:
+    raw = b'["\\ud800", 123456789012345678901234567890, 18446744073709551615, 1.5]'
+    assert decode_json(raw)[1:] == [1.2345678901234568e29, 18446744073709551615, 1.5]
+    with pytest.raises(json.JSONDecodeError, match="infinity"):
+        decode_json(b'["\\ud800", 1e400]')
+
+
 def test_decode_json_keeps_escaped_lone_surrogates_for_the_fields_to_judge() -> None:
     assert decode_json(b'{"t": "a\\ud83db", "u": "\\ud83d\\ude00"}') == {
         "t": "a\ud83db",
