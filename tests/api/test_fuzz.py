@@ -2,8 +2,9 @@
 with bob's session ids (idle, with history, running) and alice's own in the path and body.
 
 No answer may be a 5xx or fall outside the schema (status, content type, body); bob's ids
-must answer like ids nobody uses. Bounded for CI: a few examples per operation and mode,
-no shrinking, no example database.
+must answer like ids nobody uses. Most cases get a NUL, a lone surrogate or a control
+character in one of their strings, the inputs that used to be 500s. Bounded for CI: a few
+examples per operation and mode, no shrinking, no example database.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from pydantic import SecretStr
 from schemathesis import Case, GenerationMode
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from app.api.auth import issue_token
@@ -31,6 +33,8 @@ from tests.serving import Served, serve, stream, upstream_env, wait_until
 
 EXAMPLES = 12  # per operation and generation mode
 REQUEST_TIMEOUT_S = 30
+# Appended to one string of a case: NUL, a lone surrogate (sent escaped), a control character.
+POISON = st.sampled_from([None, None, "\x00", "\ud800", "\x1b"])
 
 
 @dataclass
@@ -112,6 +116,32 @@ def _with_ids(case: Case, session_id: str | None) -> str | None:
     return None
 
 
+def _strings(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Where the strings of a JSON value are."""
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _strings(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _strings(v, (*path, i))]
+    return []
+
+
+def _poison(case: Case, char: str | None, pick: int) -> None:
+    """Append `char` to one string of the body or query (the characters of item 7)."""
+    if char is None:
+        return
+    places: list[tuple[Any, tuple[Any, ...]]] = [(case.body, p) for p in _strings(case.body)]
+    if char != "\ud800":  # a URL cannot carry a lone surrogate (it has no UTF-8): bodies only
+        places += [(case.query, p) for p in _strings(case.query or {})]
+    if not places:
+        return
+    root, path = places[pick % len(places)]
+    for key in path[:-1]:
+        root = root[key]
+    root[path[-1]] += char
+
+
 def _tenant_check(case: Case, response: Any, tenants: Tenants, session_id: str | None) -> None:
     """bob's ids answer as unknown ids do: 404, or what validation says first."""
     if session_id not in tenants.bob_ids:
@@ -123,9 +153,14 @@ def _tenant_check(case: Case, response: Any, tenants: Tenants, session_id: str |
         # KNOWN (issue 8, item 3, owned elsewhere): a taken id is 409 `session_exists`
         # whoever holds it, so bob's ids are told apart from free ones here.
         allowed = {409, 413, 422}
+    elif case.operation.path == "/api/v1/chat" and session_id == tenants.bob_running:
+        # KNOWN (issue 8, items 1 and 3, app/turns/start.py, fixed elsewhere): the lease is
+        # taken before the ownership check, so another user's running session is 409
+        # `turn_in_progress`; pinned by the xfail test below.
+        allowed = {404, 409, 413, 422}
     else:
         allowed = {401, 404, 413, 422}
-    assert status in allowed, f"{case.method} {case.formatted_path} on bob's id: {status}"
+    assert status in allowed, f"{case.method} {case.formatted_path} on {session_id}: {status}"
 
 
 def _operations(served: Served) -> list[Any]:
@@ -149,8 +184,14 @@ def test_every_route_as_another_tenant_answers_4xx_within_the_schema(
                 phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=list(HealthCheck),
             )
-            @given(case=operation.as_strategy(generation_mode=mode), session_id=ids)
-            def fuzz(case: Case, session_id: str | None) -> None:
+            @given(
+                case=operation.as_strategy(generation_mode=mode),
+                session_id=ids,
+                char=POISON,
+                pick=st.integers(0, 50),
+            )
+            def fuzz(case: Case, session_id: str | None, char: str | None, pick: int) -> None:
+                _poison(case, char, pick)
                 used = _with_ids(case, session_id)
                 if used == tenants.bob_running and isinstance(case.body, dict):
                     # KNOWN (issue 8, item 1, app/turns/start.py, fixed elsewhere): an
@@ -167,7 +208,7 @@ def test_every_route_as_another_tenant_answers_4xx_within_the_schema(
                 fuzz()
             except Unsatisfiable:
                 pass  # no parameters or body to make invalid (negative mode of /healthz)
-            except Exception as exc:  # one operation's failure must not hide the others'
+            except (Exception, FailureGroup) as exc:  # one operation's must not hide others'
                 failures.append(f"{operation.label} [{mode.value}]: {exc}")
     server_errors = [line for line in served.log().splitlines() if "Traceback" in line]
     assert not failures, "\n\n".join(failures)
@@ -176,6 +217,18 @@ def test_every_route_as_another_tenant_answers_4xx_within_the_schema(
         bob = http.get(f"/api/v1/sessions/{tenants.bob_running}/turns", headers=_headers("bob"))
     turn = bob.json()["turns"][0]
     assert turn["status"] == "running", f"alice's requests ended bob's turn: {turn}"
+
+
+@pytest.mark.xfail(
+    reason="issue 8 item 3: another user's running session is 409 turn_in_progress, not 404 "
+    "(app/turns/start.py takes the lease before the ownership check)",
+    strict=False,
+)
+def test_another_tenants_running_session_is_404_not_409(served: Served, tenants: Tenants) -> None:
+    body = {"id": tenants.bob_running, "message": "hello?"}
+    with httpx.Client(base_url=served.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        refused = http.post("/api/v1/chat", json=body, headers=tenants.alice)
+    assert refused.status_code == 404
 
 
 @pytest.mark.xfail(
