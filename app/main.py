@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     envelope_every_error(app)
-    api = APIRouter(prefix=API_PREFIX, responses=error_responses(401, 413, 422, 503))
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(400, 401, 413, 422, 503))
     api.include_router(sessions.router)
     api.include_router(chat.router)
     api.include_router(health.router)
