@@ -306,6 +306,8 @@ class TurnSettings(BaseSettings):
     heartbeat_s: float = 10.0
     send_timeout_s: float = 30.0
     max_message_chars: int = 100_000
+    max_attachment_bytes: int = Field(default=500_000, ge=1)
+    max_attachments: int = Field(default=4, ge=0)
     flush_interval_s: float = 2.0
     eventlog_flush_ms: float = 25.0
     eventlog_ttl_s: int = 3600

@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp
 
 from app.api import chat, docs, health, sessions
-from app.api.errors import install_error_handlers
+from app.api.errors import envelope_every_error, error_responses, install_error_handlers
 from app.api.headers import edge
 from app.api.limits import BodyLimit
 from app.config import Settings
@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.settings = settings
     install_error_handlers(app)
-    api = APIRouter(prefix=API_PREFIX)
+    envelope_every_error(app)
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(400, 401, 413, 422, 503))
     api.include_router(sessions.router)
     api.include_router(chat.router)
     api.include_router(health.router)

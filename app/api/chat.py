@@ -7,16 +7,21 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Response
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     field_validator,
     model_validator,
 )
 
+from app.api.attachments import check_attachments
+from app.api.body import JSONBodyRoute
 from app.api.deps import CurrentUser, StateDep
+from app.api.errors import error_responses
 from app.api.schemas import SESSION_ID_PATTERN, SessionId
+from app.api.text import Identifier, Text, clean_value, storable_json
+from app.config import TurnSettings
 from app.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.lifespan import AppState
 from app.observability import metrics
@@ -29,10 +34,11 @@ from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 from app.turns.start import TurnOrder, begin_turn
 
-router = APIRouter(prefix="/chat", tags=["chat"])
+router = APIRouter(
+    prefix="/chat", tags=["chat"], route_class=JSONBodyRoute, responses=error_responses(404, 409)
+)
 
 USER_PART_TYPES = {"text", "file"}
-MessageId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class UIMessageIn(BaseModel):
@@ -40,10 +46,10 @@ class UIMessageIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: MessageId
+    id: Identifier
     role: Literal["user", "assistant", "system"]
     parts: list[dict[str, Any]]
-    metadata: Any = None
+    metadata: Annotated[Any, AfterValidator(storable_json)] = None
 
     @field_validator("parts")
     @classmethod
@@ -68,9 +74,9 @@ class ChatRequest(BaseModel):
 
     id: SessionId
     messages: list[UIMessageIn] | None = Field(default=None, max_length=10_000)
-    message: str | None = None
+    message: Text | None = None
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
-    message_id: MessageId | None = Field(default=None, alias="messageId")
+    message_id: Identifier | None = Field(default=None, alias="messageId")
     on_conflict: Literal["reject", "enqueue", "interrupt"] = "reject"
     on_disconnect: Literal["continue", "cancel"] = "continue"
 
@@ -81,7 +87,8 @@ class ChatRequest(BaseModel):
         return self
 
 
-def _order(body: ChatRequest, user_id: str, max_chars: int) -> TurnOrder:
+def _order(body: ChatRequest, user_id: str, limits: TurnSettings) -> TurnOrder:
+    """The validated order; the user's parts with NUL and lone surrogates made visible."""
     parts: list[dict[str, Any]] = []
     message_id: str | None = None
     metadata: dict[str, Any] = {}
@@ -95,19 +102,21 @@ def _order(body: ChatRequest, user_id: str, max_chars: int) -> TurnOrder:
                 raise InvalidInput(
                     f"a user message cannot carry {bad[0]!r} parts", code="validation_error"
                 )
-            parts, message_id = last.parts, last.id
+            parts, message_id = clean_value(last.parts), last.id
             metadata = last.metadata if isinstance(last.metadata, dict) else {}
         else:
             parts = [{"type": "text", "text": body.message or ""}]
         text = "".join(str(p.get("text", "")) for p in parts if p["type"] == "text")
         if not text.strip() and not any(p["type"] == "file" for p in parts):
             raise InvalidInput("the message is empty", code="empty_message")
+        max_chars = limits.max_message_chars
         if len(text) > max_chars:
             raise PayloadTooLarge(
                 f"the message has {len(text)} characters; at most {max_chars} "
                 "(COPILOT_MAX_MESSAGE_CHARS)",
                 code="message_too_long",
             )
+        check_attachments(parts, limits.max_attachment_bytes, limits.max_attachments)
     return TurnOrder(
         session_id=body.id,
         user_id=user_id,
@@ -153,7 +162,7 @@ def _stream(
 async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Response:
     """Start a turn and answer with its UI message stream."""
     ctx = _turns(state)
-    order = _order(body, user.id, state.settings.turns.max_message_chars)
+    order = _order(body, user.id, state.settings.turns)
     runner = await begin_turn(ctx, order)
 
     def on_close() -> None:

@@ -14,9 +14,50 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.schemas import ErrorOut
+from app.api.text import clean_value
 from app.errors import AppError
 
 log = logging.getLogger(__name__)
+
+
+_MEANINGS = {
+    400: "the request could not be read",
+    401: "missing or invalid credentials",
+    404: "no such session (or not the caller's)",
+    409: "conflicts with the session's state",
+    413: "a body, message or attachment above its configured limit",
+    422: "a malformed body, parameter or field (named in `fields`)",
+    503: "a dependency (database, Redis) is unreachable; nothing was done",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of error statuses, each with the error envelope."""
+    return {
+        status: {"model": ErrorOut, "description": _MEANINGS.get(status, "error")}
+        for status in statuses
+    }
+
+
+def envelope_every_error(app: FastAPI) -> None:
+    """Declare the error envelope on every 4xx/5xx response a route lists without content
+    (e.g. `409: {"description": ...}`), so the schema says what those answers hold."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if str(status)[0] in "45" and "content" not in response:
+                        response["content"] = envelope
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def error_response(
@@ -26,6 +67,8 @@ def error_response(
     body: dict[str, Any] = {"code": code, "message": message}
     if extra:
         body.update(extra)
+    # A message may quote the client's input (a field name), which may hold a lone surrogate.
+    body = clean_value(body)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
@@ -41,6 +84,10 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error") or "malformed"
+            return error_response(422, "invalid_json", f"the body is not valid JSON: {reason}")
     fields = [
         {"field": _field(err.get("loc", ())), "message": str(err.get("msg", "invalid"))}
         for err in exc.errors()

@@ -8,8 +8,33 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.api.text import Metadata, Title
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code and a message a person can act on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    fields: list[FieldError] | None = None
+
+
+class ErrorOut(BaseModel):
+    """The envelope of every error answered before a stream starts."""
+
+    error: ErrorDetail
 
 
 class SessionCreate(BaseModel):
@@ -18,8 +43,8 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: SessionId | None = None
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Title | None = None
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SessionPatch(BaseModel):
@@ -27,8 +52,8 @@ class SessionPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
-    metadata: dict[str, Any] | None = None
+    title: Title | None = None
+    metadata: Metadata | None = None
 
 
 class UsageOut(BaseModel):

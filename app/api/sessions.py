@@ -7,7 +7,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Path, Query, Response
 
+from app.api.body import JSONBodyRoute
 from app.api.deps import CurrentUser, SessionDep, SettingsDep, StateDep
+from app.api.errors import error_responses
 from app.api.schemas import (
     SESSION_ID_PATTERN,
     AttemptOut,
@@ -21,6 +23,7 @@ from app.api.schemas import (
     UIMessageOut,
     UsageOut,
 )
+from app.api.text import Identifier
 from app.config import Settings
 from app.errors import InvalidInput
 from app.store.messages import MessageRepository, as_ui_message
@@ -28,7 +31,12 @@ from app.store.models import ChatSession, Turn, TurnAttempt
 from app.store.sessions import SessionRepository
 from app.store.turns import TurnRepository
 
-router = APIRouter(prefix="/sessions", tags=["sessions"])
+router = APIRouter(
+    prefix="/sessions",
+    tags=["sessions"],
+    route_class=JSONBodyRoute,
+    responses=error_responses(404, 409),
+)
 
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="The session id")]
 
@@ -173,7 +181,7 @@ async def list_messages(
     user: CurrentUser,
     db: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before: Annotated[str | None, Query(max_length=128)] = None,
+    before: Annotated[Identifier | None, Query(description="A message id")] = None,
 ) -> MessagePage:
     """History as AI SDK UIMessages, oldest first; `before` pages back from a message id.
 

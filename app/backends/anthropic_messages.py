@@ -4,6 +4,13 @@ A reply made of several steps becomes several assistant messages, each followed 
 message carrying its tool results. Reasoning and data parts of earlier turns are left out (the
 API allows dropping earlier thinking); a tool call that never got a result is dropped too, so
 an interrupted turn cannot make the history invalid.
+
+Images go to the model in full from the current (last) user message, and from an earlier one
+only if the reply to it shows the model accepted them (it holds text, reasoning or a tool
+call); any other earlier image becomes a one-line mention (`[image photo.png was attached
+earlier]`). So an image the model refuses (a 400) fails the turn that sent it and never the
+next ones, while images the model has read stay in the history it can look at again, and the
+prompt cache keeps the same prefix from turn to turn.
 """
 
 from __future__ import annotations
@@ -29,14 +36,16 @@ def _result_content(output: Any) -> str:
     return output if isinstance(output, str) else orjson.dumps(output, default=str).decode()
 
 
-def _user_blocks(parts: list[dict[str, Any]]) -> list[Block]:
+def _user_blocks(parts: list[dict[str, Any]], *, send_files: bool) -> list[Block]:
     blocks: list[Block] = []
     for part in parts:
         if part.get("type") == "text" and str(part.get("text", "")).strip():
             blocks.append({"type": "text", "text": part["text"]})
         elif part.get("type") == "file":
             url, media = str(part.get("url", "")), str(part.get("mediaType", ""))
-            if media.startswith("image/") and url.startswith("data:") and ";base64," in url:
+            name = part.get("filename") or ("" if url.startswith("data:") else url[:80])
+            image = media.startswith("image/") and url.startswith("data:") and ";base64," in url
+            if image and send_files:
                 data = url.split(";base64,", 1)[1]
                 blocks.append(
                     {
@@ -44,10 +53,36 @@ def _user_blocks(parts: list[dict[str, Any]]) -> list[Block]:
                         "source": {"type": "base64", "media_type": media, "data": data},
                     }
                 )
+            elif image:
+                label = f"image {name}" if name else f"an image ({media})"
+                blocks.append({"type": "text", "text": f"[{label} was attached earlier]"})
             else:
-                name = part.get("filename") or url[:80]
                 blocks.append({"type": "text", "text": f"[attached file: {name} ({media})]"})
     return blocks
+
+
+def _model_answered(reply_parts: list[dict[str, Any]]) -> bool:
+    """Whether a reply holds something the model produced (so its request was accepted)."""
+    for part in reply_parts:
+        kind = part.get("type")
+        if kind in ("text", "reasoning") and str(part.get("text", "")).strip():
+            return True
+        if _tool_name(part) is not None:
+            return True
+    return False
+
+
+def _accepted(history: list[dict[str, Any]], index: int) -> bool:
+    """Whether a reply to the user message at `index` (before the next user message) shows
+    that the model accepted the request that carried its files in full."""
+    for ui in history[index + 1 :]:
+        if ui.get("role") == "user":
+            return False
+        if ui.get("role") == "assistant" and _model_answered(
+            [p for p in ui.get("parts", []) if isinstance(p, dict)]
+        ):
+            return True
+    return False
 
 
 def _assistant_messages(parts: list[dict[str, Any]]) -> list[Message]:
@@ -121,11 +156,14 @@ def _merge(messages: list[Message]) -> list[Message]:
 
 def to_anthropic(history: list[dict[str, Any]]) -> list[Message]:
     """The conversation as Anthropic messages, alternating and starting with the user."""
+    users = [i for i, ui in enumerate(history) if ui.get("role") == "user"]
+    current = users[-1] if users else -1
     messages: list[Message] = []
-    for ui in history:
+    for index, ui in enumerate(history):
         parts = [p for p in ui.get("parts", []) if isinstance(p, dict)]
         if ui.get("role") == "user":
-            messages.append({"role": "user", "content": _user_blocks(parts)})
+            send_files = index == current or _accepted(history, index)
+            messages.append({"role": "user", "content": _user_blocks(parts, send_files=send_files)})
         elif ui.get("role") == "assistant":
             messages.extend(_assistant_messages(parts))
     return _merge(messages)

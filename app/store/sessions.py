@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -14,6 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, InvalidInput, NotFound
 from app.store.models import ChatSession
 
+# The shape of a session id (`app/api/schemas.py`), checked again when a cursor is decoded.
+_CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
 
 def _encode_cursor(row: ChatSession) -> str:
     raw = f"{row.created_at.isoformat()}|{row.id}".encode()
@@ -21,11 +25,19 @@ def _encode_cursor(row: ChatSession) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The `(created_at, id)` a cursor names; anything but a cursor this server issued is 422.
+
+    Parsed defensively: a forged cursor can hold any bytes, a naive or out-of-range time (which
+    the driver would only refuse when the query runs) or an id with characters no id has.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, _, session_id = raw.partition("|")
-        return datetime.fromisoformat(stamp), session_id
-    except (ValueError, UnicodeDecodeError) as exc:
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None or not _CURSOR_ID.fullmatch(session_id):
+            raise ValueError("not an issued cursor")
+        return created_at.astimezone(UTC), session_id
+    except (ValueError, OverflowError) as exc:
         raise InvalidInput("cursor is not one this server issued", code="invalid_cursor") from exc
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 
@@ -134,6 +136,17 @@ async def test_a_forged_cursor_is_422(client: httpx.AsyncClient, settings: Setti
         "/api/v1/sessions", params={"cursor": "!!!"}, headers=bearer(settings, "alice")
     )
     assert response.status_code == 422
+
+
+async def test_cursor_with_an_out_of_range_date_is_422_not_500(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    forged = base64.urlsafe_b64encode(b"9999-12-31T23:59:59-10:00|abc").decode()
+    response = await client.get(
+        "/api/v1/sessions", params={"cursor": forged}, headers=bearer(settings, "alice")
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_cursor"
 
 
 async def test_limit_out_of_range_is_422(client: httpx.AsyncClient, settings: Settings) -> None:

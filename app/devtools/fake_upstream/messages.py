@@ -23,6 +23,7 @@ from app.devtools.fake_upstream.asgi import (
 )
 from app.devtools.fake_upstream.cache import InputUsage
 from app.devtools.fake_upstream.errors import ApiError, api_error, prompt_too_long
+from app.devtools.fake_upstream.images import image_error
 from app.devtools.fake_upstream.reply import Reply, build_reply, choose_plan, message_json
 from app.devtools.fake_upstream.script import PlanError, ReplyPlan
 from app.devtools.fake_upstream.sse import StreamRenderer, event, message_end, message_start
@@ -48,7 +49,7 @@ def _validate(body: Any, *, need_max_tokens: bool) -> ApiError | None:
         return api_error(400, message="messages: Field required")
     if need_max_tokens and not isinstance(body.get("max_tokens"), int):
         return api_error(400, message="max_tokens: Field required")
-    return None
+    return image_error(body)
 
 
 async def count_tokens(body: Any, send: Send, request_id: str) -> int:
