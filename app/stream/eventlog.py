@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -162,7 +162,7 @@ class EventLogWriter:
 
 async def read_log(
     redis: Redis | RedisCluster, key: str, after_seq: int, block_ms: int
-) -> AsyncIterator[bytes | None]:
+) -> AsyncGenerator[bytes | None, None]:
     """Frames of a turn with sequence > `after_seq`, then live ones; None when nothing came
     within `block_ms` (a chance to send a heartbeat), which is at most `READ_BLOCK_MAX_S`: the
     readers' client times out a little after that. Ends after the log's last entry."""
