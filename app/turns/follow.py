@@ -86,7 +86,7 @@ async def follow_log(
     async for data in read_log(state.redis_readers, key, after_seq, block_ms):
         now = anyio.current_time()
         if data is not None:
-            last_seq = frame_seq(data[data.rfind(b"id: ") :]) or last_seq
+            last_seq = _last_seq(data, last_seq)
             quiet_since = now
             yield data
             continue
@@ -105,6 +105,14 @@ async def follow_log(
             yield DONE
             return
     yield await _close_from_postgres(state, turn_id, key, last_seq)
+
+
+def _last_seq(data: bytes, default: int) -> int:
+    """The sequence number of the last of the frames in `data` (frames end with a blank line,
+    which the JSON in them never holds)."""
+    boundary = data.rfind(b"\n\nid: ", 0, len(data) - 2)
+    seq = frame_seq(data[boundary + 2 :] if boundary >= 0 else data)
+    return default if seq is None else seq
 
 
 async def _close_from_postgres(
