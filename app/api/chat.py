@@ -26,10 +26,9 @@ from app.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailab
 from app.lifespan import AppState
 from app.observability import metrics
 from app.store.sessions import SessionRepository
-from app.stream.eventlog import read_log
 from app.stream.response import EventStream
-from app.stream.sse import DONE, HEADERS, PING
-from app.turns.follow import follow_persisted
+from app.stream.sse import HEADERS
+from app.turns.follow import follow_log, follow_persisted
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 from app.turns.start import TurnOrder, begin_turn
@@ -172,14 +171,6 @@ async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Respons
     return _stream(state, runner.frames_from(0), on_close)
 
 
-async def _replay_log(
-    state: AppState, key: str, after: int, heartbeat_s: float
-) -> AsyncGenerator[bytes, None]:
-    async for chunk in read_log(state.redis_readers, key, after, int(heartbeat_s * 1000)):
-        yield PING if chunk is None else chunk
-    yield DONE
-
-
 @router.get(
     "/{session_id}/stream",
     response_class=Response,
@@ -212,7 +203,8 @@ async def resume(
         return Response(status_code=204)
     key = state.keys.turn_events(session_id, str(session.active_turn_id))
     if await state.redis.exists(key):
-        return _stream(state, _replay_log(state, key, start, heartbeat))
+        tail = follow_log(state, session_id, session.active_turn_id, start, heartbeat)
+        return _stream(state, tail)
     return _stream(
         state, follow_persisted(state, session_id, session.active_turn_id, start, heartbeat)
     )

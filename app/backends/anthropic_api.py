@@ -9,6 +9,7 @@ built with `max_retries=0`.
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
@@ -43,7 +44,7 @@ from app.backends.events import (
 )
 from app.backends.tools import ToolError, ToolRegistry
 from app.config import AnthropicSettings
-from app.store.usage import Usage
+from app.store.usage import Usage, estimated_tokens
 
 EPHEMERAL = {"type": "ephemeral"}
 ANTHROPIC_API = "https://api.anthropic.com"
@@ -278,7 +279,9 @@ class AnthropicBackend:
                             yield ToolCallReady(block.id, block.name, parsed)
                     elif kind == "message_start":
                         _take_usage(usage, event["message"].get("usage"))
-                        yield _report(usage, reported, request.model)
+                        report = _report(usage, reported, request.model)
+                        report.estimate = functools.partial(_streamed_tokens, blocks)
+                        yield report
                     elif kind == "message_delta":
                         stop_reason = event["delta"].get("stop_reason")
                         _take_usage(usage, event.get("usage"))
@@ -315,6 +318,14 @@ def _take_usage(usage: Usage, counters: dict[str, Any] | None) -> None:
         value = counters.get(api_name)
         if value is not None:
             setattr(usage, name, value)
+
+
+def _streamed_tokens(blocks: list[_Block]) -> int:
+    """Output tokens of a call estimated from its streamed text, thinking and tool input."""
+    chars = sum(
+        len(piece) for block in blocks for piece in (*block.text, *block.thinking, *block.json)
+    )
+    return estimated_tokens(chars)
 
 
 def _report(usage: Usage, reported: Usage, model: str) -> UsageReport:

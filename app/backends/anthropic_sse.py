@@ -9,6 +9,7 @@ JSON objects; an `event: error` inside the stream raises its `UpstreamError`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,17 @@ def _data(block: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+def _loads_leniently(data: bytes) -> Any:
+    """An event orjson refused: valid JSON can still escape a lone surrogate, which orjson
+    refuses and `json` keeps (the chunk encoder replaces it, `app.stream.text`)."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise UpstreamError(
+            "upstream_unavailable", f"the model sent an event that is not JSON: {exc}"
+        ) from exc
+
+
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
     """The JSON events of an SSE byte stream, `ping`s left out, errors raised."""
     buffer = b""
@@ -44,10 +56,8 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, An
                 continue
             try:
                 event = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamError(
-                    "upstream_unavailable", f"the model sent an event that is not JSON: {exc}"
-                ) from exc
+            except orjson.JSONDecodeError:
+                event = _loads_leniently(data)
             kind = event.get("type") if isinstance(event, dict) else None
             if kind == "ping":
                 continue

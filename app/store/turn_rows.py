@@ -100,6 +100,23 @@ WHERE id = $1 AND EXISTS (SELECT 1 FROM turn)
 """
 
 
+# SQLSTATE classes worth trying again: connection exception, transaction rollback
+# (serialization failure, deadlock), insufficient resources (too many connections), operator
+# intervention (shutting down, starting up). Anything else (a value the database refuses, a
+# bug) fails the same way every time.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a statement that raised `exc` may succeed if sent again."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in _TRANSIENT_CLASSES
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
+        return False
+    # The connection broke or timed out, or the pool is closing or busy.
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+
+
 @dataclass(slots=True)
 class StartedTurn:
     """What the start statement gives back: the session title and the history before it."""

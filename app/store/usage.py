@@ -8,6 +8,15 @@ from decimal import Decimal
 from app.config import Rate
 
 MILLION = Decimal(1_000_000)
+# Output tokens of a model call cut before the upstream counted them (a stop, a dropped stream)
+# are estimated from the characters it streamed: one token per four characters, rounded up,
+# the usual rule of thumb for English text (an estimate, not the tokenizer's count).
+CHARS_PER_TOKEN = 4
+
+
+def estimated_tokens(chars: int) -> int:
+    """Output tokens billed for `chars` streamed characters when no count came."""
+    return -(-chars // CHARS_PER_TOKEN)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -19,6 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from app.coord.lock import STREAM_FIELD
+from app.coord.redis import READ_BLOCK_MAX_S
 from app.stream.sse import frame_seq, split_frames
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,11 @@ class EventLogWriter:
 
 async def read_log(
     redis: Redis | RedisCluster, key: str, after_seq: int, block_ms: int
-) -> AsyncIterator[bytes | None]:
+) -> AsyncGenerator[bytes | None, None]:
     """Frames of a turn with sequence > `after_seq`, then live ones; None when nothing came
-    within `block_ms` (a chance to send a heartbeat). Ends after the log's last entry."""
+    within `block_ms` (a chance to send a heartbeat), which is at most `READ_BLOCK_MAX_S`: the
+    readers' client times out a little after that. Ends after the log's last entry."""
+    block_ms = min(block_ms, int(READ_BLOCK_MAX_S * 1000))
     last_id = b"0-0"
     while True:
         reply = await redis.xread({key: last_id}, count=100, block=block_ms)
@@ -185,3 +188,9 @@ async def read_log(
                     yield b"".join(frames)
                 if FIELD_END in fields:
                     return
+
+
+async def log_frames(redis: Redis | RedisCluster, key: str) -> list[bytes]:
+    """Every frame the log holds, in order (empty when it is gone)."""
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key))
+    return [f for _id, fields in entries for f in split_frames(fields.get(FIELD_DATA, b""))]

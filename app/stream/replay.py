@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 
 def _tool_chunks(part: dict[str, Any]) -> list[dict[str, Any]]:
     kind = str(part["type"])
@@ -72,3 +74,32 @@ def message_chunks(message_id: str, parts: list[dict[str, Any]]) -> list[dict[st
     if in_step:
         chunks.append({"type": "finish-step"})
     return chunks
+
+
+def closing_chunks(frames: list[bytes]) -> tuple[int, list[dict[str, Any]]]:
+    """The last sequence number of a stream cut short (its encoded frames, in order), and
+    the chunks that close what it left open: text and reasoning parts, then the step."""
+    last_seq = -1
+    open_parts: dict[str, str] = {}
+    step_open = False
+    for raw in frames:
+        if not raw.startswith(b"id: "):
+            continue
+        head, _, data = raw.partition(b"\ndata: ")
+        last_seq = int(head[4:])
+        chunk = orjson.loads(data)
+        kind = chunk.get("type", "")
+        if kind in ("text-start", "reasoning-start"):
+            open_parts[chunk["id"]] = kind[:-6]
+        elif kind in ("text-end", "reasoning-end"):
+            open_parts.pop(chunk["id"], None)
+        elif kind == "start-step":
+            step_open = True
+        elif kind == "finish-step":
+            step_open = False
+    closing: list[dict[str, Any]] = [
+        {"type": f"{kind}-end", "id": part_id} for part_id, kind in open_parts.items()
+    ]
+    if step_open:
+        closing.append({"type": "finish-step"})
+    return last_seq, closing

@@ -10,6 +10,7 @@ text part is closed before `finish-step` and every step before `finish`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -46,8 +47,20 @@ class ChunkAdapter:
         self.step_open = False
         self.open_parts: dict[str, str] = {}  # id -> "text" | "reasoning"
         self.tool_names: dict[str, str] = {}
-        self.usage = Usage()
+        self._usage = Usage()
+        self._estimate: Callable[[], int] | None = None  # of the call whose count is not final
+        self._counted = 0  # the output tokens that call reported so far
         self.finished: Finished | None = None
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens billed so far: a call whose final count never came (cut by a stop or an
+        error) bills the output its backend estimates from what it streamed."""
+        if self._estimate is None:
+            return self._usage
+        usage = dataclasses.replace(self._usage)
+        usage.output_tokens += max(0, self._estimate() - self._counted)
+        return usage
 
     def _content(self, chunk: dict[str, Any]) -> None:
         if not self.step_open:
@@ -131,7 +144,11 @@ class ChunkAdapter:
         elif isinstance(event, StepStart | StepEnd):
             self.end_step()
         elif isinstance(event, UsageReport):
-            self.usage.add(event.usage)
+            if self._estimate is not None and event.estimate is not None:
+                self._usage = self.usage  # a new call: the previous one was cut
+            self._usage.add(event.usage)
+            self._counted = event.usage.output_tokens if event.estimate is not None else 0
+            self._estimate = event.estimate
         elif isinstance(event, StatusNote):
             self.emit(chunks.data_status(event.status, **event.detail))
         elif isinstance(event, Finished):

@@ -1,8 +1,14 @@
-"""Resume from Postgres: when a running turn's EventLog is gone, follow its persisted reply.
+"""Resume a turn running on another replica: from its EventLog, or from Postgres without one.
 
-The reply is replayed whole once its turn ends (sending `: ping` while waiting). If the turn's
-lease disappears while the reply still says "streaming", its replica died: what was persisted
-is replayed with an `interrupted` error, so the client does not wait forever.
+`follow_log` tails the EventLog. While nothing comes it looks at the session's lease: once the
+lease is gone the turn's replica ended the turn or died, so a log that does not end soon after
+is closed here with what Postgres holds (an `interrupted` error while the turn row still says
+running) instead of being waited on until its TTL.
+
+`follow_persisted` (the log is gone) replays the stored reply whole once its turn ends (sending
+`: ping` while waiting). If the turn's lease disappears while the reply still says
+"streaming", its replica died: what was persisted is replayed with an `interrupted` error, so
+the client does not wait forever.
 """
 
 from __future__ import annotations
@@ -13,14 +19,19 @@ from collections.abc import AsyncGenerator
 import anyio
 
 from app.backends.errors import MESSAGES
+from app.coord.redis import READ_BLOCK_MAX_S
 from app.lifespan import AppState
 from app.store.messages import MessageRepository
 from app.store.models import ChatMessage, Turn
 from app.stream import chunks
-from app.stream.replay import message_chunks
-from app.stream.sse import DONE, PING, frame
+from app.stream.eventlog import log_frames, read_log
+from app.stream.replay import closing_chunks, message_chunks
+from app.stream.sse import DONE, PING, frame, frame_seq
 
 FINISH_REASONS = {"completed": "stop", "failed": "error", "stopped": "other"}
+# A turn that ended normally releases its lease a few milliseconds before the end of its log is
+# written: a reader that finds the lease gone and the turn finished waits this long for it.
+LOG_END_GRACE_S = 2.0
 
 
 async def _load(state: AppState, turn_id: uuid.UUID) -> tuple[Turn, ChatMessage | None]:
@@ -59,3 +70,62 @@ async def follow_persisted(
     out.append(chunks.finish(reason, (message.metadata_ if message is not None else None)))
     frames = [frame(seq, chunk) for seq, chunk in enumerate(out) if seq > after_seq]
     yield b"".join(frames) + DONE
+
+
+async def follow_log(
+    state: AppState, session_id: str, turn_id: uuid.UUID, after_seq: int, heartbeat_s: float
+) -> AsyncGenerator[bytes, None]:
+    """The turn's EventLog after `after_seq`, then live frames, `: ping` while idle, `[DONE]`;
+    a turn whose lease is gone ends with what Postgres holds."""
+    key = state.keys.turn_events(session_id, str(turn_id))
+    lease_key = state.keys.session_lease(session_id)
+    block_ms = int(min(heartbeat_s, READ_BLOCK_MAX_S) * 1000)
+    last_seq = after_seq
+    quiet_since = anyio.current_time()
+    give_up_at: float | None = None
+    async for data in read_log(state.redis_readers, key, after_seq, block_ms):
+        now = anyio.current_time()
+        if data is not None:
+            last_seq = _last_seq(data, last_seq)
+            quiet_since = now
+            yield data
+            continue
+        if give_up_at is None and not await state.redis.exists(lease_key):
+            turn, _ = await _load(state, turn_id)
+            # Still running in Postgres without a lease: its replica died. Finished: the end
+            # of its log may still be on its way.
+            give_up_at = now if turn.status == "running" else now + LOG_END_GRACE_S
+        if give_up_at is not None and now >= give_up_at:
+            break
+        if now - quiet_since >= heartbeat_s:
+            quiet_since = now
+            yield PING
+    else:
+        if await state.redis.exists(key):  # the log ended with its turn
+            yield DONE
+            return
+    yield await _close_from_postgres(state, turn_id, key, last_seq)
+
+
+def _last_seq(data: bytes, default: int) -> int:
+    """The sequence number of the last of the frames in `data` (frames end with a blank line,
+    which the JSON in them never holds)."""
+    boundary = data.rfind(b"\n\nid: ", 0, len(data) - 2)
+    seq = frame_seq(data[boundary + 2 :] if boundary >= 0 else data)
+    return default if seq is None else seq
+
+
+async def _close_from_postgres(
+    state: AppState, turn_id: uuid.UUID, key: str, last_seq: int
+) -> bytes:
+    """Close a stream whose log stopped short: its open parts and step, then how Postgres says
+    the turn ended (`interrupted` while the row still says running), `finish` and `[DONE]`."""
+    turn, message = await _load(state, turn_id)
+    seen, out = closing_chunks(await log_frames(state.redis, key))
+    if turn.status == "running":
+        out.append(chunks.data_error("interrupted", MESSAGES["interrupted"], True))
+        out.append(chunks.error(f"interrupted: {MESSAGES['interrupted']}"))
+    metadata = message.metadata_ if message is not None else None
+    out.append(chunks.finish(FINISH_REASONS.get(turn.status, "error"), metadata))
+    first = max(seen, last_seq) + 1
+    return b"".join(frame(first + i, chunk) for i, chunk in enumerate(out)) + DONE

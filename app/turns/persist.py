@@ -1,19 +1,26 @@
-"""How a turn's final state reaches Postgres (`TurnRows.finish`, one atomic
-statement): a few quick tries, then patient ones with backoff for up to
-`FINAL_WRITE_DEADLINE_S`: while Postgres is away the reply lives in memory, and the turn keeps
-its session lease so no other turn can start on a history that lacks it.
+"""How a turn's final state reaches Postgres (`TurnRows.finish`, one atomic statement).
+
+A transient failure (connection lost, server restarting, deadlock...) is tried again: a few
+quick tries, then patient ones with backoff for up to `FINAL_WRITE_DEADLINE_S`; meanwhile the
+reply lives in memory and the turn keeps its session lease, so no other turn can start on a
+history that lacks it. A statement the database refuses (a value it cannot store, a bug) would
+fail the same way for ten minutes and hold the session all that time: it is not tried again.
+The turn is stored instead as failed (`internal`) with every string cleaned (`clean`), and if
+even that is refused, with the reply's parts dropped. Either way the session is freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.store.turn_rows import TurnEnd, TurnRows
+from app.store.turn_rows import TurnEnd, TurnRows, is_transient
+from app.stream.text import clean
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +49,23 @@ class Attempt:
         }
 
 
+class Refused(Exception):
+    """The database refused the final statement for a reason trying again does not change."""
+
+
 async def _try(rows: TurnRows, state: TurnEnd) -> bool:
     try:
         await rows.finish(state)
         return True
     except Exception as exc:
+        if not is_transient(exc):
+            raise Refused(f"{type(exc).__name__}: {exc}") from exc
         log.warning("turn %s: final write failed: %s", state.turn_id, exc)
         return False
 
 
-async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
-    """Write the final state: a few quick tries, then (after `on_slow()`) patient ones."""
+async def _write(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
+    """A few quick tries, then (after `on_slow()`) patient ones; `Refused` ends them."""
     for delay in QUICK_TRIES:
         await asyncio.sleep(delay)
         if await _try(rows, state):
@@ -69,3 +82,40 @@ async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], No
         delay = min(delay * 2, 30.0)
     log.error("turn %s: final write gave up; the reply stays as last flushed", state.turn_id)
     return False
+
+
+def cleaned(state: TurnEnd, reason: str) -> TurnEnd:
+    """The turn as failed (`internal`, `reason` noted), every string in it cleaned."""
+    return dataclasses.replace(
+        state,
+        parts=clean(state.parts),
+        message_status="error",
+        metadata=clean(state.metadata),
+        status="failed" if state.status == "completed" else state.status,
+        error_code="internal",
+        error_message=clean(f"the final write was refused: {reason}")[:2000],
+    )
+
+
+def stripped(state: TurnEnd) -> TurnEnd:
+    """The turn without its reply's parts or metadata (what remains when those are refused)."""
+    return dataclasses.replace(state, parts=[], metadata={})
+
+
+async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
+    """Write the final state, retrying transient failures; a refused one is stored cleaned,
+    then without its parts. False when nothing could be stored."""
+    try:
+        return await _write(rows, state, on_slow)
+    except Refused as exc:
+        log.error("turn %s: final write refused (%s); storing it cleaned", state.turn_id, exc)
+        state = cleaned(state, str(exc))
+    try:
+        return await _write(rows, state, on_slow)
+    except Refused as exc:
+        log.error("turn %s: cleaned final write refused (%s); dropping parts", state.turn_id, exc)
+    try:
+        return await _write(rows, stripped(state), on_slow)
+    except Refused as exc:
+        log.error("turn %s: final write refused for good: %s", state.turn_id, exc)
+        return False

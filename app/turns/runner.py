@@ -317,8 +317,11 @@ class TurnRunner:
 
     async def _write_final(self) -> None:
         """Persist the final state; if Postgres is slow to take it, end the streams meanwhile."""
-        await persist_final(self.services.rows, self._final_state(), self._end_streams)
-        await self._release()
+        try:
+            await persist_final(self.services.rows, self._final_state(), self._end_streams)
+        except Exception:
+            log.exception("turn %s: final write failed unexpectedly", self.turn_id)
+        await self._release()  # whatever happened: the session is never left busy
 
     def _end_streams(self) -> None:
         if self.buffer.end():

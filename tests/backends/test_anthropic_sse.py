@@ -71,3 +71,9 @@ async def test_an_event_that_is_not_json_is_an_upstream_failure() -> None:
     with pytest.raises(UpstreamError) as caught:
         await _decode(b"event: message_start\ndata: {not json\n\n")
     assert caught.value.code == "upstream_unavailable"
+
+
+async def test_an_event_escaping_a_lone_surrogate_is_decoded_not_refused() -> None:
+    # Valid JSON that orjson refuses; the chunk encoder turns the surrogate into U+FFFD.
+    events = await _decode(b'data: {"type":"content_block_delta","text":"a\\ud800b"}\n\n')
+    assert events[0]["text"] == "a\ud800b"

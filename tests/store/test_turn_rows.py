@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from app.store.db import connect_args
-from app.store.turn_rows import TurnRows
+from app.store.turn_rows import TurnRows, is_transient
 
 
 async def test_warmed_up_connections_hold_no_transaction_open(database_url: str) -> None:
@@ -31,3 +32,28 @@ async def test_warmed_up_connections_hold_no_transaction_open(database_url: str)
         assert busy == []
     finally:
         await rows.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), True),
+        (asyncpg.exceptions.AdminShutdownError("shutting down"), True),
+        (asyncpg.exceptions.CannotConnectNowError("starting up"), True),
+        (asyncpg.exceptions.TooManyConnectionsError("too many"), True),
+        (asyncpg.exceptions.SerializationError("serialization"), True),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock"), True),
+        (asyncpg.InterfaceError("connection is closed"), True),
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (asyncpg.exceptions.UntranslatableCharacterError("\\u0000"), False),
+        (asyncpg.exceptions.DataError("invalid input for query argument"), False),
+        (asyncpg.exceptions.UndefinedColumnError("no column"), False),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), False),
+        (TypeError("a bug"), False),
+    ],
+)
+def test_only_transient_database_errors_are_worth_trying_again(
+    exc: BaseException, transient: bool
+) -> None:
+    assert is_transient(exc) is transient

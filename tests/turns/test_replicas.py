@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ import redis
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from tests.serving import (
     Served,
+    StreamResult,
     assert_well_formed,
+    parse_sse,
     serve,
     start_turn_raw,
     stream,
@@ -162,3 +165,58 @@ def test_delete_on_the_other_replica_stops_the_turn_before_deleting(
         assert fresh.chunks[-1]["finishReason"] == "stop"
     finally:
         sock.close()
+
+
+def test_resume_from_the_eventlog_is_not_cut_by_a_silence_longer_than_the_redis_timeout(
+    fake: FakeUpstreamHandle,
+    database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    replicas: tuple[Served, Served],
+) -> None:
+    # The reader used to block in XREAD for a whole heartbeat, longer than redis-py's 5 s
+    # socket timeout: a resume was cut after 5 s without chunks.
+    a, _ = replicas
+    sid = f"slow-{uuid.uuid4().hex[:8]}"
+    env = {**_env(fake, database_url, redis_url), "COPILOT_HEARTBEAT_S": "8"}
+    with serve(env, tmp_path) as b:
+        sock = start_turn_raw(a, sid, "[[fake:text tokens=2 rate=0.15]]")  # 6.7 s between
+        try:
+            with b.client() as http:
+                resumed = stream(http, "GET", f"/api/v1/chat/{sid}/stream")
+        finally:
+            sock.close()
+    assert_well_formed(resumed)
+    assert len(resumed.text.split()) == 2
+    assert resumed.chunks[-1]["finishReason"] == "stop"
+
+
+def test_a_client_tailing_a_turn_whose_replica_is_killed_ends_within_the_lease_ttl(
+    fake: FakeUpstreamHandle,
+    database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    replicas: tuple[Served, Served],
+) -> None:
+    _, b = replicas
+    sid = f"kill-{uuid.uuid4().hex[:8]}"
+    with serve(_env(fake, database_url, redis_url), tmp_path) as doomed:
+        sock = start_turn_raw(doomed, sid, "[[fake:text tokens=500 rate=50]]")
+        with b.client() as http, http.stream("GET", f"/api/v1/chat/{sid}/stream") as response:
+            body = b""
+            pieces = response.iter_raw()
+            while b'"text-delta"' not in body:
+                body += next(pieces)
+            doomed.proc.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            for piece in pieces:
+                body += piece
+            ended_in = time.monotonic() - killed_at
+            headers, status = response.headers, response.status_code
+        sock.close()
+    chunks, ids, comments, done = parse_sse(body)
+    tailed = StreamResult(status, headers, chunks, ids, comments, done, body)
+    assert_well_formed(tailed)
+    assert tailed.error is not None
+    assert tailed.error["code"] == "interrupted"
+    assert ended_in < 1 + 5  # COPILOT_LEASE_TTL_S, plus a few of the reader's idle blocks

@@ -6,6 +6,7 @@ the delta string; only the few per-message events are built from dicts.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -35,9 +36,17 @@ def delta(index: int, block_type: str, text: str) -> bytes:
         _DELTA_HEAD
         + str(index).encode()
         + _DELTA_FIELD[block_type]
-        + orjson.dumps(text)
+        + _json_string(text)
         + b"}}\n\n"
     )
+
+
+def _json_string(text: str) -> bytes:
+    """`text` as JSON; a lone surrogate (scripted by a test) escaped as `\\udXXX`."""
+    try:
+        return orjson.dumps(text)
+    except orjson.JSONEncodeError:
+        return json.dumps(text).encode()
 
 
 def block_start(index: int, block: Block) -> bytes:

@@ -1,0 +1,27 @@
+"""Rebuilding and closing UI message streams."""
+
+from __future__ import annotations
+
+from app.stream.replay import closing_chunks
+from app.stream.sse import frame
+
+
+def test_a_stream_cut_mid_text_is_closed_part_then_step_after_its_last_sequence() -> None:
+    sent = [
+        {"type": "start", "messageId": "m"},
+        {"type": "start-step"},
+        {"type": "reasoning-start", "id": "r"},
+        {"type": "reasoning-end", "id": "r"},
+        {"type": "text-start", "id": "t"},
+        {"type": "text-delta", "id": "t", "delta": "id: 99\n\nhalf"},
+    ]
+    frames = [frame(seq, chunk) for seq, chunk in enumerate(sent)]
+    assert closing_chunks([b"", *frames]) == (
+        5,
+        [{"type": "text-end", "id": "t"}, {"type": "finish-step"}],
+    )
+
+
+def test_a_stream_between_steps_needs_nothing_closed() -> None:
+    sent = [{"type": "start", "messageId": "m"}, {"type": "start-step"}, {"type": "finish-step"}]
+    assert closing_chunks([frame(seq, chunk) for seq, chunk in enumerate(sent)]) == (2, [])
