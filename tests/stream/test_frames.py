@@ -149,7 +149,7 @@ async def test_one_append_wakes_every_waiting_reader() -> None:
     first = await _parked(buffer.read_from(0))
     second = await _parked(buffer.read_from(0))
     buffer.append(A)
-    assert await asyncio.wait_for(asyncio.gather(first, second), WAIT_S) == [A, A]
+    assert list(await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)) == [A, A]
 
 
 async def test_the_buffer_counts_its_frames() -> None:
