@@ -29,6 +29,9 @@ STREAM_ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_request_error": "invalid_request",
     "authentication_error": "auth_failed",
     "permission_error": "auth_failed",
+    "billing_error": "billing",
+    "not_found_error": "invalid_request",
+    "request_too_large": "prompt_too_long",
 }
 
 RETRYABLE: frozenset[str] = frozenset(
@@ -89,7 +92,10 @@ def retry_after(headers: Mapping[str, str], status: int = 429) -> float | None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value)
+            try:
+                parsed = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None  # neither seconds nor an HTTP-date: no advice
             return max(0.0, parsed.timestamp() - time.time())
     if status != 429:
         return None

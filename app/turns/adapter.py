@@ -46,6 +46,9 @@ class ChunkAdapter:
         self.visible = False
         self.step_open = False
         self.open_parts: dict[str, str] = {}  # id -> "text" | "reasoning"
+        # Parts the backend started but that have no content yet: sent with their first
+        # delta, so an attempt that fails before it leaves no empty part or step behind.
+        self.pending_parts: dict[str, str] = {}
         self.tool_names: dict[str, str] = {}
         self._usage = Usage()
         self._estimate: Callable[[], int] | None = None  # of the call whose count is not final
@@ -72,27 +75,35 @@ class ChunkAdapter:
         self.visible = True
         self._content(chunk)
 
+    def _open(self, part_id: str, kind: str) -> None:
+        """Send the part's start, once, before its first content."""
+        if part_id in self.open_parts:
+            return
+        self.pending_parts.pop(part_id, None)
+        self.open_parts[part_id] = kind
+        self._content({"type": f"{kind}-start", "id": part_id})
+
     def handle(self, event: AgentEvent) -> None:
         """Translate one event."""
         if isinstance(event, TextDelta):
-            if event.id not in self.open_parts:
-                self.handle(TextStart(event.id))
+            self._open(event.id, "text")
             self._shown({"type": "text-delta", "id": event.id, "delta": event.delta})
         elif isinstance(event, ReasoningDelta):
-            if event.id not in self.open_parts:
-                self.handle(ReasoningStart(event.id))
+            self._open(event.id, "reasoning")
             self._shown({"type": "reasoning-delta", "id": event.id, "delta": event.delta})
         elif isinstance(event, TextStart | ReasoningStart):
-            kind = "text" if isinstance(event, TextStart) else "reasoning"
-            self.open_parts[event.id] = kind
-            self._content({"type": f"{kind}-start", "id": event.id})
+            self.pending_parts[event.id] = "text" if isinstance(event, TextStart) else "reasoning"
         elif isinstance(event, TextEnd | ReasoningEnd):
+            signature = event.signature if isinstance(event, ReasoningEnd) else None
+            if signature and event.id in self.pending_parts:
+                self._open(event.id, "reasoning")  # an empty thinking block keeps its signature
             kind = self.open_parts.pop(event.id, "")
+            self.pending_parts.pop(event.id, None)
             if not kind:
                 return
             chunk: dict[str, Any] = {"type": f"{kind}-end", "id": event.id}
-            if isinstance(event, ReasoningEnd) and event.signature:
-                chunk["providerMetadata"] = {"anthropic": {"signature": event.signature}}
+            if signature:
+                chunk["providerMetadata"] = {"anthropic": {"signature": signature}}
             self.emit(chunk)
         elif isinstance(event, ToolCallStart):
             self.tool_names[event.call_id] = event.name
@@ -160,6 +171,7 @@ class ChunkAdapter:
         for part_id, kind in list(self.open_parts.items()):
             self.emit({"type": f"{kind}-end", "id": part_id})
         self.open_parts.clear()
+        self.pending_parts.clear()
         if self.step_open:
             self.step_open = False
             self.emit({"type": "finish-step"})

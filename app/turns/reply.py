@@ -55,6 +55,8 @@ class ReplyAssembler:
         elif kind == "tool-input-available":
             tool = self._tools[chunk["toolCallId"]]
             tool.update(state="input-available", input=chunk["input"])
+            tool.pop("inputText", None)  # partial JSON a flush may have stored: superseded
+            self._tool_json.get(chunk["toolCallId"], []).clear()
         elif kind == "tool-output-available":
             self._tools[chunk["toolCallId"]].update(
                 state="output-available", output=chunk["output"]
@@ -64,7 +66,10 @@ class ReplyAssembler:
                 state="output-error", errorText=chunk["errorText"]
             )
         elif kind.startswith("data-") and not chunk.get("transient"):
-            self._parts.append({"type": kind, "id": chunk.get("id"), "data": chunk["data"]})
+            part = {"type": kind, "data": chunk["data"]}
+            if chunk.get("id") is not None:
+                part["id"] = chunk["id"]  # optional, never null: the AI SDK rejects null
+            self._parts.append(part)
 
     def parts(self) -> list[dict[str, Any]]:
         """The parts as they stand, with streamed text joined."""

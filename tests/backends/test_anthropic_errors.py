@@ -247,15 +247,6 @@ def test_rate_limit_resets_are_read_for_429_only() -> None:
     assert classify(exc).retry_after_s is None
 
 
-@pytest.mark.xfail(
-    reason=(
-        "retry_after() parses a non-numeric Retry-After as an HTTP-date inside its `except "
-        "ValueError` and does not catch the ValueError that email.utils.parsedate_to_datetime "
-        "raises for an invalid date: classify() of a 429 with `retry-after: soon` raises "
-        "instead of returning rate_limited (the turn then fails as `internal`, not retried)"
-    ),
-    strict=True,
-)
 def test_an_unparsable_retry_after_is_ignored() -> None:
     error = classify(_rate_limited({"retry-after": "soon"}))
     assert (error.code, error.retry_after_s) == ("rate_limited", None)
@@ -312,39 +303,9 @@ def test_an_upstream_error_is_passed_through_unchanged() -> None:
         ("invalid_request_error", "invalid_request"),
         ("authentication_error", "auth_failed"),
         ("permission_error", "auth_failed"),
-        pytest.param(
-            "billing_error",
-            "billing",
-            marks=pytest.mark.xfail(
-                reason=(
-                    "STREAM_ERROR_CODES has no billing_error: stream_error() maps it to the "
-                    "retryable upstream_unavailable, while HTTP 402 is `billing` (never retried)"
-                ),
-                strict=True,
-            ),
-        ),
-        pytest.param(
-            "not_found_error",
-            "invalid_request",
-            marks=pytest.mark.xfail(
-                reason=(
-                    "STREAM_ERROR_CODES has no not_found_error: stream_error() maps it to the "
-                    "retryable upstream_unavailable, while HTTP 404 is `invalid_request`"
-                ),
-                strict=True,
-            ),
-        ),
-        pytest.param(
-            "request_too_large",
-            "prompt_too_long",
-            marks=pytest.mark.xfail(
-                reason=(
-                    "STREAM_ERROR_CODES has no request_too_large: stream_error() maps it to the "
-                    "retryable upstream_unavailable, while HTTP 413 is `prompt_too_long`"
-                ),
-                strict=True,
-            ),
-        ),
+        ("billing_error", "billing"),
+        ("not_found_error", "invalid_request"),
+        ("request_too_large", "prompt_too_long"),
     ],
 )
 def test_a_stream_error_gets_the_code_of_its_error_type(kind: str, code: str) -> None:

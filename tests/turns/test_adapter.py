@@ -121,15 +121,6 @@ def test_step_end_twice_emits_one_finish_step(rec: Recorder) -> None:
     assert rec.types().count("finish-step") == 1
 
 
-@pytest.mark.xfail(
-    reason=(
-        "TextStart/ReasoningStart open a step and send text-start before any delta, so an "
-        "attempt that fails after the upstream's content_block_start but before its first "
-        "delta leaves start-step + an empty text part + finish-step on the stream (and in "
-        "the stored reply), although nothing visible was sent and the attempt is retried"
-    ),
-    strict=True,
-)
 def test_an_attempt_that_fails_before_its_first_delta_leaves_no_step(rec: Recorder) -> None:
     rec.feed(StepStart(), TextStart("t1"))
     rec.adapter.end_step()  # what the runner does when the attempt raises

@@ -255,15 +255,6 @@ def test_two_tool_calls_are_two_parts(reply: ReplyAssembler) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    reason=(
-        "parts() copies the streamed tool JSON into the part's `inputText` only while the "
-        "tool is input-streaming and never removes it: a partial flush in the middle of a "
-        "tool's input leaves a stale, truncated `inputText` on the stored part after its "
-        "`input` is available, so what is stored depends on when the reply was flushed"
-    ),
-    strict=True,
-)
 def test_a_flush_during_tool_input_leaves_no_partial_input_text_once_the_input_is_available(
     reply: ReplyAssembler,
 ) -> None:
@@ -317,13 +308,6 @@ def test_partial_text_is_kept_with_the_data_error_after_it(reply: ReplyAssembler
     assert parts[1]["text"] == "half"
 
 
-@pytest.mark.xfail(
-    reason=(
-        "a non-transient data chunk without an `id` is stored as {'id': None}: the AI SDK's "
-        "UIMessage schema has `id` as an optional string and rejects null"
-    ),
-    strict=True,
-)
 def test_a_data_part_without_an_id_is_stored_without_one(reply: ReplyAssembler) -> None:
     parts = _apply(reply, {"type": "data-note", "data": {"text": "n"}})
     assert parts == [{"type": "data-note", "data": {"text": "n"}}]

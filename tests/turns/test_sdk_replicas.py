@@ -134,9 +134,7 @@ def test_deleting_a_session_leaves_no_cli_process_and_no_workspace(
         assert http.delete(f"/api/v1/sessions/{sid}").status_code == 204
     # Both replicas forget it: A at once, B through the forget message.
     wait_until(lambda: not any(root.iterdir() for root in roots), timeout=20)
-    wait_until(
-        lambda: len(_cli_processes(a)) + len(_cli_processes(b)) <= clis - 2, timeout=20
-    )
+    wait_until(lambda: len(_cli_processes(a)) + len(_cli_processes(b)) <= clis - 2, timeout=20)
 
 
 def test_shutdown_leaves_no_cli_process(
