@@ -327,6 +327,7 @@ class TurnMapper:
             return []
         events: list[AgentEvent] = []
         for content in message.content:
+            value: Any
             if isinstance(content, TextBlock):
                 kind, value = "text", content.text
             elif isinstance(content, ThinkingBlock):
