@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -94,3 +93,63 @@ async def test_a_warm_client_answers_the_next_turn_in_the_same_process(
     sent = fake.requests("/v1/messages")[-1]["json"]["messages"]
     assert "first question" in str(sent)
     assert "second question" in str(sent[-1])
+
+
+async def test_a_second_replica_resumes_the_session_from_postgres(
+    make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
+) -> None:
+    first = user("remember the word pelican")
+    await collect(make_backend("replica-a"), request(session_id, first))
+    other = make_backend("replica-b")  # another workspace root: another project key
+    events = await collect(other, request(session_id, first, user("which word?")))
+    assert _text(events) == "Echo: which word?"
+    sent = fake.requests("/v1/messages")[-1]["json"]["messages"]
+    assert "remember the word pelican" in str(sent)
+    assert "Echo: remember the word pelican" in str(sent)
+
+
+async def test_a_stale_warm_client_is_not_used(
+    make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
+) -> None:
+    a, b = make_backend("replica-a"), make_backend("replica-b")
+    m1, m2, m3 = user("one alpha"), user("two beta"), user("three gamma")
+    await collect(a, request(session_id, m1))
+    stale_pid = a.pool.idle[session_id].pid
+    await collect(b, request(session_id, m1, m2))  # answered on the other replica
+    events = await collect(a, request(session_id, m1, m2, m3))
+    assert _text(events) == "Echo: three gamma"
+    assert a.pool.idle[session_id].pid != stale_pid
+    sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
+    assert "one alpha" in sent
+    assert "two beta" in sent
+
+
+async def test_usage_adds_up_across_a_resume_and_never_uses_total_cost(
+    make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
+) -> None:
+    fake.reset()
+    m1, m2 = user("[[fake:text tokens=7]]"), user("[[fake:text tokens=9]]")
+    first = await collect(make_backend("replica-a"), request(session_id, m1))
+    second = await collect(make_backend("replica-b"), request(session_id, m1, m2))
+    for events, tokens in ((first, 7), (second, 9)):
+        reports = [e.usage for e in events if isinstance(e, UsageReport)]
+        assert sum(u.output_tokens for u in reports) == tokens
+    billed = [r for r in fake.requests("/v1/messages") if r["status"] == 200]
+    assert len(billed) == 2
+
+
+async def test_a_missing_transcript_starts_a_fresh_session_seeded_with_the_history(
+    make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
+) -> None:
+    history = [
+        user("my name is Ada"),
+        {"id": "a1", "role": "assistant", "parts": [{"type": "text", "text": "Hello Ada"}]},
+        user("what is my name?"),
+    ]
+    req = request(session_id, *history)
+    events = await collect(make_backend(), req)
+    assert events[-1] == Finished("stop")
+    assert req.extra["fresh_session"] is True
+    sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
+    assert "my name is Ada" in sent
+    assert "Hello Ada" in sent
