@@ -1,0 +1,165 @@
+"""The claude_sdk backend when things go wrong: API errors, a killed CLI, stops, clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import psutil
+import pytest
+
+from app.backends.errors import UpstreamError
+from app.backends.events import (
+    AgentEvent,
+    Finished,
+    StepEnd,
+    TextDelta,
+    TextEnd,
+    ToolCallReady,
+    TurnControl,
+)
+from tests.backends.claude_sdk.conftest import (
+    BackendFactory,
+    cli_processes,
+    collect,
+    request,
+    user,
+)
+
+pytestmark = pytest.mark.claude_cli
+
+
+@pytest.mark.parametrize(
+    ("directive", "code"),
+    [
+        ("[[fake:error status=401 times=1]]", "auth_failed"),
+        ("[[fake:error status=429 times=1]]", "rate_limited"),
+        ("[[fake:error status=529 times=1]]", "overloaded"),
+        ("[[fake:error status=400]]", "invalid_request"),
+        ("[[fake:text context=50]] " + "word " * 80, "prompt_too_long"),
+    ],
+)
+async def test_each_api_error_maps_onto_the_taxonomy(
+    make_backend: BackendFactory, session_id: str, directive: str, code: str
+) -> None:
+    backend = make_backend()
+    events: list[AgentEvent] = []
+    with pytest.raises(UpstreamError) as caught:
+        async for event in backend.run(request(session_id, user(directive)), TurnControl()):
+            events.append(event)
+    assert caught.value.code == code
+    assert backend.classify(caught.value) is caught.value
+    assert not [e for e in events if isinstance(e, TextDelta)]  # the CLI's own text never shows
+    # an API error leaves the CLI alive and warm for the session's next turn
+    pid = backend.pool.idle[session_id].pid
+    assert pid is not None
+    assert psutil.pid_exists(pid)
+
+
+async def _until(events: list[AgentEvent], predicate: type, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not any(isinstance(e, predicate) for e in events):
+            await asyncio.sleep(0.02)
+
+
+async def test_a_killed_cli_ends_the_turn_retryably_and_the_next_turn_works(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend()
+    first = user("hello")
+    await collect(backend, request(session_id, first))
+    pid = backend.pool.idle[session_id].pid
+    assert pid is not None
+    events: list[AgentEvent] = []
+
+    async def run() -> None:
+        req = request(session_id, first, user("[[fake:text tokens=400 rate=40]]"))
+        async for event in backend.run(req, TurnControl()):
+            events.append(event)
+
+    task = asyncio.create_task(run())
+    await _until(events, TextDelta)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(UpstreamError) as caught:
+        await task
+    assert caught.value.code == "upstream_unavailable"
+    assert caught.value.retryable
+    assert session_id not in backend.pool.idle
+    assert not backend.pool.busy
+    follow = await collect(backend, request(session_id, first, user("still there?")))
+    assert follow[-1] == Finished("stop")
+    assert backend.pool.idle[session_id].pid != pid
+
+
+async def test_stop_mid_text_interrupts_and_the_client_stays_usable(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend()
+    control = TurnControl()
+    events: list[AgentEvent] = []
+    req = request(session_id, user("[[fake:text tokens=2000 rate=50]]"))
+
+    async def run() -> None:
+        async for event in backend.run(req, control):
+            events.append(event)
+
+    task = asyncio.create_task(run())
+    await _until(events, TextDelta)
+    live = next(iter(backend.pool.busy))
+    control.request_stop("stopped")
+    async with asyncio.timeout(backend.stop_grace_s):
+        await task  # ends by itself, no cancel
+    assert isinstance(events[-1], Finished)
+    assert any(isinstance(e, TextEnd) for e in events)
+    assert any(isinstance(e, StepEnd) for e in events)
+    assert backend.pool.idle[session_id] is live
+    follow = await collect(backend, request(session_id, req.history[0], user("next")))
+    assert follow[-1] == Finished("stop")
+    assert backend.pool.idle[session_id].pid == live.pid
+
+
+async def test_stop_mid_tool_interrupts_the_running_tool(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend()
+    control = TurnControl()
+    events: list[AgentEvent] = []
+    # a slow tool: the sleep tool of the registry would do; calculate is instant, so stop
+    # as soon as the call is ready and before the model's second call completes
+    prompt = (
+        '[[fake:tool name=mcp__copilot__calculate input={"expression": "1+1"}]]'
+        " [[fake:text tokens=2000 rate=50]]"
+    )
+    req = request(session_id, user(prompt))
+
+    async def run() -> None:
+        async for event in backend.run(req, control):
+            events.append(event)
+
+    task = asyncio.create_task(run())
+    await _until(events, ToolCallReady)
+    control.request_stop("stopped")
+    async with asyncio.timeout(backend.stop_grace_s):
+        await task
+    assert isinstance(events[-1], Finished)
+    assert session_id in backend.pool.idle
+    follow = await collect(backend, request(session_id, req.history[0], user("next")))
+    assert follow[-1] == Finished("stop")
+
+
+async def test_no_cli_process_is_left_after_forget_session_and_close(
+    make_backend: BackendFactory, session_id: str, transcripts: object
+) -> None:
+    backend = make_backend()
+    await collect(backend, request(session_id, user("one")))
+    pid = backend.pool.idle[session_id].pid
+    assert pid is not None
+    assert psutil.pid_exists(pid)
+    await backend.forget_session(session_id)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (backend.workspaces.root / session_id).exists()  # type: ignore[attr-defined]
+    await collect(backend, request(session_id, user("two")))
+    assert cli_processes()
+    await backend.close()
+    assert not [p for p in cli_processes() if p.status() != psutil.STATUS_ZOMBIE]
