@@ -6,6 +6,7 @@ stand-ins (`_Workspaces`, `registry_toolset`) live here, with the same interface
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from app.store.db import connect_args
 from app.store.transcripts import PostgresTranscripts
 
 MODEL = "claude-test-1"
+NAPS: list[str] = []  # what the nap tool went through
 PREFIX = "mcp__copilot__"
 
 
@@ -116,6 +118,18 @@ async def make_backend(
     made: list[ClaudeSDKBackend] = []
     registry = ToolRegistry()
     register_builtin_tools(registry)
+
+    @registry.tool
+    async def nap(seconds: float) -> str:
+        """Wait this many seconds (a slow tool for stop tests)."""
+        NAPS.append("started")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            NAPS.append("cancelled")
+            raise
+        NAPS.append("finished")
+        return "rested"
 
     def make(root: str = "replica-a", **overrides: Any) -> ClaudeSDKBackend:
         settings = SdkSettings(

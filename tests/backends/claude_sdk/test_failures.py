@@ -20,6 +20,7 @@ from app.backends.events import (
     TurnControl,
 )
 from tests.backends.claude_sdk.conftest import (
+    NAPS,
     BackendFactory,
     cli_processes,
     collect,
@@ -125,13 +126,8 @@ async def test_stop_mid_tool_interrupts_the_running_tool(
     backend = make_backend()
     control = TurnControl()
     events: list[AgentEvent] = []
-    # a slow tool: the sleep tool of the registry would do; calculate is instant, so stop
-    # as soon as the call is ready and before the model's second call completes
-    prompt = (
-        '[[fake:tool name=mcp__copilot__calculate input={"expression": "1+1"}]]'
-        " [[fake:text tokens=2000 rate=50]]"
-    )
-    req = request(session_id, user(prompt))
+    NAPS.clear()
+    req = request(session_id, user('[[fake:tool name=mcp__copilot__nap input={"seconds": 60}]]'))
 
     async def run() -> None:
         async for event in backend.run(req, control):
@@ -139,10 +135,14 @@ async def test_stop_mid_tool_interrupts_the_running_tool(
 
     task = asyncio.create_task(run())
     await _until(events, ToolCallReady)
+    async with asyncio.timeout(10):
+        while not NAPS:
+            await asyncio.sleep(0.02)
     control.request_stop("stopped")
     async with asyncio.timeout(backend.stop_grace_s):
         await task
     assert isinstance(events[-1], Finished)
+    assert NAPS == ["started", "cancelled"]
     assert session_id in backend.pool.idle
     follow = await collect(backend, request(session_id, req.history[0], user("next")))
     assert follow[-1] == Finished("stop")
