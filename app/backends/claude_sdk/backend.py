@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from claude_agent_sdk import (
     ClaudeAgentOptions,
@@ -266,7 +266,7 @@ class ClaudeSDKBackend:
             tools=list(tools.builtin),
             allowed_tools=[*tools.allowed, *tools.builtin],
             mcp_servers={"copilot": tools.server} if tools.server is not None else {},
-            hooks=tools.hooks_for(workspace.path) if tools.hooks_for is not None else None,
+            hooks=cast(Any, tools.hooks_for(workspace.path)) if tools.hooks_for else None,
             permission_mode="dontAsk",
             session_store=store,
             resume=resume,

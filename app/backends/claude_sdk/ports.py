@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from claude_agent_sdk import HookMatcher, McpSdkServerConfig
-from claude_agent_sdk.types import HookEvent, SessionKey, SessionStoreEntry
+from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
 from app.store.transcripts import TranscriptPosition
 
@@ -18,7 +18,10 @@ from app.store.transcripts import TranscriptPosition
 class Workspace(Protocol):
     """One session's directories: the CLI's cwd and its HOME, CLAUDE_CONFIG_DIR, TMPDIR."""
 
-    path: Path
+    @property
+    def path(self) -> Path:
+        """The CLI's working directory."""
+        ...
 
     def env(self) -> dict[str, str]:
         """HOME, CLAUDE_CONFIG_DIR and TMPDIR of the session."""
@@ -78,7 +81,8 @@ class Transcripts(Protocol):
         ...
 
 
-HooksFor = Callable[[Path], dict[HookEvent, list[HookMatcher]]]
+# `hooks.tool_guards` bound to the settings: PreToolUse matchers for one workspace.
+HooksFor = Callable[[Path], dict[str, list[HookMatcher]]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,15 @@ from app.store.db import connect_args
 from app.store.transcripts import PostgresTranscripts
 
 MODEL = "claude-test-1"
-NAPS: list[str] = []  # what the nap tool went through
+
+
+class NapLog:
+    """What the slow `nap` tool went through (tests set `started` to a fresh event)."""
+
+    steps: list[str] = []
+    started: asyncio.Event | None = None
+
+
 PREFIX = "mcp__copilot__"
 
 
@@ -122,13 +130,15 @@ async def make_backend(
     @registry.tool
     async def nap(seconds: float) -> str:
         """Wait this many seconds (a slow tool for stop tests)."""
-        NAPS.append("started")
+        NapLog.steps.append("started")
+        if NapLog.started is not None:
+            NapLog.started.set()
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
-            NAPS.append("cancelled")
+            NapLog.steps.append("cancelled")
             raise
-        NAPS.append("finished")
+        NapLog.steps.append("finished")
         return "rested"
 
     def make(root: str = "replica-a", **overrides: Any) -> ClaudeSDKBackend:
@@ -173,10 +183,40 @@ def request(session_id: str, *history: dict[str, Any]) -> TurnRequest:
 
 
 async def collect(
-    backend: ClaudeSDKBackend, req: TurnRequest, control: TurnControl | None = None
+    backend: ClaudeSDKBackend,
+    req: TurnRequest,
+    control: TurnControl | None = None,
+    into: list[AgentEvent] | None = None,
 ) -> list[AgentEvent]:
-    """Every event of one attempt."""
-    return [event async for event in backend.run(req, control or TurnControl())]
+    """Every event of one attempt (also appended to `into` as they come)."""
+    events = into if into is not None else []
+    async for event in backend.run(req, control or TurnControl()):
+        events.append(event)
+    return events
+
+
+class Run:
+    """An attempt running in a task; tests wait for the first event of a kind."""
+
+    def __init__(
+        self, backend: ClaudeSDKBackend, req: TurnRequest, control: TurnControl | None = None
+    ) -> None:
+        self.events: list[AgentEvent] = []
+        self._seen: dict[type, asyncio.Event] = {}
+        self.task = asyncio.create_task(self._run(backend, req, control or TurnControl()))
+
+    async def _run(self, backend: ClaudeSDKBackend, req: TurnRequest, control: TurnControl) -> None:
+        async for event in backend.run(req, control):
+            self.events.append(event)
+            self._event(type(event)).set()
+
+    def _event(self, kind: type) -> asyncio.Event:
+        return self._seen.setdefault(kind, asyncio.Event())
+
+    async def seen(self, kind: type) -> None:
+        """Wait (30 s at most) until an event of `kind` has come."""
+        async with asyncio.timeout(30):
+            await self._event(kind).wait()
 
 
 def cli_processes() -> list[psutil.Process]:

@@ -20,8 +20,9 @@ from app.backends.events import (
     TurnControl,
 )
 from tests.backends.claude_sdk.conftest import (
-    NAPS,
     BackendFactory,
+    NapLog,
+    Run,
     cli_processes,
     collect,
     request,
@@ -47,8 +48,7 @@ async def test_each_api_error_maps_onto_the_taxonomy(
     backend = make_backend()
     events: list[AgentEvent] = []
     with pytest.raises(UpstreamError) as caught:
-        async for event in backend.run(request(session_id, user(directive)), TurnControl()):
-            events.append(event)
+        await collect(backend, request(session_id, user(directive)), into=events)
     assert caught.value.code == code
     assert backend.classify(caught.value) is caught.value
     assert not [e for e in events if isinstance(e, TextDelta)]  # the CLI's own text never shows
@@ -56,12 +56,6 @@ async def test_each_api_error_maps_onto_the_taxonomy(
     pid = backend.pool.idle[session_id].pid
     assert pid is not None
     assert psutil.pid_exists(pid)
-
-
-async def _until(events: list[AgentEvent], predicate: type, timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not any(isinstance(e, predicate) for e in events):
-            await asyncio.sleep(0.02)
 
 
 async def test_a_killed_cli_ends_the_turn_retryably_and_the_next_turn_works(
@@ -72,18 +66,11 @@ async def test_a_killed_cli_ends_the_turn_retryably_and_the_next_turn_works(
     await collect(backend, request(session_id, first))
     pid = backend.pool.idle[session_id].pid
     assert pid is not None
-    events: list[AgentEvent] = []
-
-    async def run() -> None:
-        req = request(session_id, first, user("[[fake:text tokens=400 rate=40]]"))
-        async for event in backend.run(req, TurnControl()):
-            events.append(event)
-
-    task = asyncio.create_task(run())
-    await _until(events, TextDelta)
+    run = Run(backend, request(session_id, first, user("[[fake:text tokens=400 rate=40]]")))
+    await run.seen(TextDelta)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(UpstreamError) as caught:
-        await task
+        await run.task
     assert caught.value.code == "upstream_unavailable"
     assert caught.value.retryable
     assert session_id not in backend.pool.idle
@@ -98,19 +85,14 @@ async def test_stop_mid_text_interrupts_and_the_client_stays_usable(
 ) -> None:
     backend = make_backend()
     control = TurnControl()
-    events: list[AgentEvent] = []
     req = request(session_id, user("[[fake:text tokens=2000 rate=50]]"))
-
-    async def run() -> None:
-        async for event in backend.run(req, control):
-            events.append(event)
-
-    task = asyncio.create_task(run())
-    await _until(events, TextDelta)
+    run = Run(backend, req, control)
+    await run.seen(TextDelta)
     live = next(iter(backend.pool.busy))
     control.request_stop("stopped")
     async with asyncio.timeout(backend.stop_grace_s):
-        await task  # ends by itself, no cancel
+        await run.task  # ends by itself, no cancel
+    events = run.events
     assert isinstance(events[-1], Finished)
     assert any(isinstance(e, TextEnd) for e in events)
     assert any(isinstance(e, StepEnd) for e in events)
@@ -125,24 +107,18 @@ async def test_stop_mid_tool_interrupts_the_running_tool(
 ) -> None:
     backend = make_backend()
     control = TurnControl()
-    events: list[AgentEvent] = []
-    NAPS.clear()
+    NapLog.steps = []
+    NapLog.started = asyncio.Event()
     req = request(session_id, user('[[fake:tool name=mcp__copilot__nap input={"seconds": 60}]]'))
-
-    async def run() -> None:
-        async for event in backend.run(req, control):
-            events.append(event)
-
-    task = asyncio.create_task(run())
-    await _until(events, ToolCallReady)
+    run = Run(backend, req, control)
+    await run.seen(ToolCallReady)
     async with asyncio.timeout(10):
-        while not NAPS:
-            await asyncio.sleep(0.02)
+        await NapLog.started.wait()
     control.request_stop("stopped")
     async with asyncio.timeout(backend.stop_grace_s):
-        await task
-    assert isinstance(events[-1], Finished)
-    assert NAPS == ["started", "cancelled"]
+        await run.task
+    assert isinstance(run.events[-1], Finished)
+    assert NapLog.steps == ["started", "cancelled"]
     assert session_id in backend.pool.idle
     follow = await collect(backend, request(session_id, req.history[0], user("next")))
     assert follow[-1] == Finished("stop")
