@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
+import zlib
 
 import pytest
 
@@ -25,6 +28,20 @@ from app.devtools.fake_upstream.tokens import generated_words
 from tests.backends.claude_sdk.conftest import BackendFactory, collect, request, user
 
 pytestmark = pytest.mark.claude_cli
+
+
+def _png() -> bytes:
+    """A valid 1x1 PNG (the CLI reads an image's header before sending it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 def _text(events: list[object]) -> str:
@@ -153,3 +170,26 @@ async def test_a_missing_transcript_starts_a_fresh_session_seeded_with_the_histo
     sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
     assert "my name is Ada" in sent
     assert "Hello Ada" in sent
+
+
+async def test_an_image_reaches_the_model_and_another_file_lands_in_the_workspace(
+    make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
+) -> None:
+    png = base64.b64encode(_png()).decode()
+    message = user("look at these")
+    message["parts"] += [
+        {"type": "file", "mediaType": "image/png", "url": f"data:image/png;base64,{png}"},
+        {"type": "file", "mediaType": "text/csv", "filename": "../../data.csv",
+         "url": "data:text/csv;base64," + base64.b64encode(b"a,b\n1,2\n").decode()},
+    ]  # fmt: skip
+    backend = make_backend()
+    events = await collect(backend, request(session_id, message))
+    assert events[-1] == Finished("stop")
+    sent = fake.requests("/v1/messages")[-1]["json"]["messages"]
+    content = [b for m in sent if m["role"] == "user" for b in m["content"]]
+    images = [b for b in content if b.get("type") == "image"]
+    assert len(images) == 1
+    assert images[0]["source"]["media_type"] == "image/png"
+    assert "uploads/data.csv" in str(content)
+    saved = backend.workspaces.for_session(session_id).path / "uploads" / "data.csv"
+    assert saved.read_bytes() == b"a,b\n1,2\n"

@@ -17,6 +17,7 @@ from app.backends.events import (
     TextDelta,
     TextEnd,
     ToolCallReady,
+    ToolResult,
     TurnControl,
 )
 from tests.backends.claude_sdk.conftest import (
@@ -119,6 +120,9 @@ async def test_stop_mid_tool_interrupts_the_running_tool(
         await run.task
     assert isinstance(run.events[-1], Finished)
     assert NapLog.steps == ["started", "cancelled"]
+    results = [e for e in run.events if isinstance(e, ToolResult)]
+    assert len(results) == 1
+    assert results[0].error  # the stopped call ends as a tool error, its part closed
     assert session_id in backend.pool.idle
     follow = await collect(backend, request(session_id, req.history[0], user("next")))
     assert follow[-1] == Finished("stop")
@@ -139,3 +143,24 @@ async def test_no_cli_process_is_left_after_forget_session_and_close(
     assert cli_processes()
     await backend.close()
     assert not [p for p in cli_processes() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_silent_cli_ends_the_turn_as_stalled(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend(idle_timeout_s=1.0)
+    with pytest.raises(UpstreamError) as caught:
+        await collect(backend, request(session_id, user("[[fake:text delay=4]]")))
+    assert caught.value.code == "agent_stalled"
+    assert not backend.pool.busy
+    assert session_id not in backend.pool.idle
+
+
+async def test_repeated_failing_empty_tool_calls_trip_the_breaker(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend(max_empty_tool_calls=1)
+    prompt = "[[fake:tool name=mcp__copilot__calculate input={}]]"
+    with pytest.raises(UpstreamError) as caught:
+        await collect(backend, request(session_id, user(prompt)))
+    assert caught.value.code == "agent_stalled"
