@@ -183,8 +183,8 @@ async def main(ns: list[int]) -> None:
         registry = ToolRegistry()
         register_builtin_tools(registry)
         try:
+            base_url = fake.base_url
             for n in ns:
-                base_url = fake.base_url
                 bare = await measure(n, lambda sid: bare_session(base_url, root, sid))
                 rows.append(("bare", n, bare))
                 backend = ClaudeSDKBackend(
