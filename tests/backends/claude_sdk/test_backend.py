@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
+import uuid
 import zlib
 
 import pytest
@@ -25,6 +26,7 @@ from app.backends.events import (
 )
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.devtools.fake_upstream.tokens import generated_words
+from app.store.transcripts import PostgresTranscripts
 from tests.backends.claude_sdk.conftest import BackendFactory, collect, request, user
 
 pytestmark = pytest.mark.claude_cli
@@ -193,3 +195,29 @@ async def test_an_image_reaches_the_model_and_another_file_lands_in_the_workspac
     assert "uploads/data.csv" in str(content)
     saved = backend.workspaces.for_session(session_id).path / "uploads" / "data.csv"
     assert saved.read_bytes() == b"a,b\n1,2\n"
+
+
+async def test_an_unreadable_transcript_starts_a_fresh_session_seeded_with_the_history(
+    make_backend: BackendFactory,
+    session_id: str,
+    fake: FakeUpstreamHandle,
+    transcripts: PostgresTranscripts,
+) -> None:
+    cli_id = str(uuid.uuid4())
+    garbage = [{"type": "user", "sessionId": cli_id, "uuid": "not-a-uuid", "message": 7}]
+    await transcripts.fresh(session_id, None).append(
+        {"project_key": "p", "session_id": cli_id}, garbage
+    )
+    history = [
+        user("the secret is tangerine"),
+        {"id": "a1", "role": "assistant", "parts": [{"type": "text", "text": "Noted."}]},
+        user("what is the secret?"),
+    ]
+    req = request(session_id, *history)
+    events = await collect(make_backend(), req)
+    assert events[-1] == Finished("stop")
+    assert "tangerine" in str(fake.requests("/v1/messages")[-1]["json"]["messages"])
+    assert req.extra.get("fresh_session") is True
+    position = await transcripts.position(session_id)
+    assert position is not None
+    assert position.generation == 1
