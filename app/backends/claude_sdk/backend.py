@@ -16,7 +16,10 @@ Failures: API errors arrive in the `ResultMessage` (`mapping.result_error`). An 
 stream that ends without a result means the CLI died: `upstream_unavailable` (retryable), the
 client discarded. No message for `idle_timeout_s`, or `max_empty_tool_calls` failing tool calls
 without input in a row, is `agent_stalled`. A client left mid-turn for any reason is discarded,
-never reused. The CLI's own retries are capped (`CLAUDE_CODE_MAX_RETRIES`): its retries are
+never reused. An attempt the runner retries after an API error finds its user message already
+in the warm CLI's transcript: the retry sends a short note instead of the message again (after
+a dead CLI the transcript in Postgres lacks the failed turn, so the message is sent whole).
+The CLI's own retries are capped (`CLAUDE_CODE_MAX_RETRIES`): its retries are
 invisible and slow; the runner's policy retries only while nothing visible was sent.
 """
 
@@ -48,6 +51,7 @@ from app.config import SdkSettings
 log = logging.getLogger(__name__)
 
 INTERRUPT_TIMEOUT_S = 5.0
+RETRY_NOTE = "(The previous attempt to answer failed upstream; please answer my message above.)"
 _END = object()
 
 
@@ -106,7 +110,13 @@ class ClaudeSDKBackend:
         if not request.history or request.history[-1].get("role") != "user":
             raise UpstreamError("invalid_request", "there is no user message to answer")
         live, workspace, seeded = await self._client_for(request)
-        blocks = user_content(request.history[-1], workspace.path)
+        if live.failed_turn == request.turn_id:
+            # The runner retries this turn: its user message is already in the CLI's
+            # transcript (the failed attempt's API error is not sent to the model again).
+            blocks = [{"type": "text", "text": RETRY_NOTE}]
+        else:
+            blocks = user_content(request.history[-1], workspace.path)
+        live.failed_turn = None
         if seeded:
             blocks.insert(0, {"type": "text", "text": seed_text(request.history[:-1])})
         mapper = TurnMapper(request.turn_id, request.model, self.toolset.public_name)
@@ -129,6 +139,7 @@ class ClaudeSDKBackend:
             clean = True
             error = mapper.error()
             if error is not None:
+                live.failed_turn = request.turn_id
                 raise error
             yield mapper.finished()
         finally:

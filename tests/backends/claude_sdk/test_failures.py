@@ -20,6 +20,7 @@ from app.backends.events import (
     ToolResult,
     TurnControl,
 )
+from app.devtools.fake_upstream import FakeUpstreamHandle
 from tests.backends.claude_sdk.conftest import (
     BackendFactory,
     NapLog,
@@ -164,3 +165,16 @@ async def test_repeated_failing_empty_tool_calls_trip_the_breaker(
     with pytest.raises(UpstreamError) as caught:
         await collect(backend, request(session_id, user(prompt)))
     assert caught.value.code == "agent_stalled"
+
+
+async def test_a_retried_attempt_does_not_send_the_user_message_twice(
+    make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
+) -> None:
+    backend = make_backend()
+    req = request(session_id, user("[[fake:error status=529]] unique-words-here"))
+    for _ in range(2):  # the runner's retry runs the same request again
+        with pytest.raises(UpstreamError):
+            await collect(backend, req)
+    sent = fake.requests("/v1/messages")[-1]["json"]["messages"]
+    assert str(sent).count("unique-words-here") == 1
+    assert "please answer my message above" in str(sent)
