@@ -123,7 +123,7 @@ class ClaudeSDKBackend:
         clean = False
         try:
             await live.client.query(_single(user_message(blocks)))
-            async for message in self._messages(live, control):
+            async for message in self._messages(live, control, mapper):
                 for event in mapper.feed(message):
                     yield event
                 if mapper.empty_tool_errors >= self.settings.max_empty_tool_calls:
@@ -148,7 +148,9 @@ class ClaudeSDKBackend:
             else:
                 self.pool.discard(live)
 
-    async def _messages(self, live: LiveClient, control: TurnControl) -> AsyncIterator[Message]:
+    async def _messages(
+        self, live: LiveClient, control: TurnControl, mapper: TurnMapper
+    ) -> AsyncIterator[Message]:
         """The turn's messages up to its `ResultMessage`, read by a pump task that is never
         cancelled mid-read; a stop becomes `interrupt()`."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -177,7 +179,7 @@ class ClaudeSDKBackend:
                     waits, timeout=self.settings.idle_timeout_s, return_when="FIRST_COMPLETED"
                 )
                 if stopping in done and not interrupted:
-                    interrupted = True
+                    interrupted = mapper.stopping = True
                     await self._interrupt(live)
                 if getter not in done:
                     if time.monotonic() >= deadline:

@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC_MODEL = "<synthetic>"
 ABORTED = frozenset({"aborted_streaming", "aborted_tools"})
+STOPPED_TOOL = "The tool call was stopped."
 
 ASSISTANT_ERRORS: dict[str, ErrorCode] = {
     "authentication_failed": "auth_failed",
@@ -164,6 +165,7 @@ class TurnMapper:
         self.error_text = ""
         self.result: ResultMessage | None = None
         self.compactions = 0
+        self.stopping = False  # interrupt() was sent: error tool results are stopped calls
         self.empty_tool_errors = 0  # tool calls in a row with no input that failed
         self._empty_calls: set[str] = set()
 
@@ -360,7 +362,10 @@ class TurnMapper:
             if not isinstance(content, ToolResultBlock):
                 continue
             output = tool_output(content.content)
-            if content.is_error:
+            if content.is_error and self.stopping:
+                # The CLI's text for a call cut by interrupt() is addressed to the model.
+                events.append(ToolResult(content.tool_use_id, None, STOPPED_TOOL))
+            elif content.is_error:
                 text = output if isinstance(output, str) else orjson.dumps(output).decode()
                 events.append(ToolResult(content.tool_use_id, None, text or "tool error"))
                 if content.tool_use_id in self._empty_calls:

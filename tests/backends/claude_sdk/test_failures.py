@@ -13,6 +13,7 @@ from app.backends.errors import UpstreamError
 from app.backends.events import (
     AgentEvent,
     Finished,
+    StatusNote,
     StepEnd,
     TextDelta,
     TextEnd,
@@ -123,7 +124,7 @@ async def test_stop_mid_tool_interrupts_the_running_tool(
     assert NapLog.steps == ["started", "cancelled"]
     results = [e for e in run.events if isinstance(e, ToolResult)]
     assert len(results) == 1
-    assert results[0].error  # the stopped call ends as a tool error, its part closed
+    assert results[0].error == "The tool call was stopped."  # its part closed, as an error
     assert session_id in backend.pool.idle
     follow = await collect(backend, request(session_id, req.history[0], user("next")))
     assert follow[-1] == Finished("stop")
@@ -178,3 +179,17 @@ async def test_a_retried_attempt_does_not_send_the_user_message_twice(
     sent = fake.requests("/v1/messages")[-1]["json"]["messages"]
     assert str(sent).count("unique-words-here") == 1
     assert "please answer my message above" in str(sent)
+
+
+async def test_prompt_too_long_after_history_shows_the_cli_compacting_first(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend()
+    first = user("hello there")
+    await collect(backend, request(session_id, first))
+    events: list[AgentEvent] = []
+    long = user("[[fake:text context=50]] " + "word " * 80)
+    with pytest.raises(UpstreamError) as caught:
+        await collect(backend, request(session_id, first, long), into=events)
+    assert caught.value.code == "prompt_too_long"
+    assert StatusNote("compacting", {}) in events
