@@ -329,6 +329,41 @@ class TurnSettings(BaseSettings):
         return best[1] if best else None
 
 
+class SdkSettings(BaseSettings):
+    """The Claude Agent SDK backend: warm CLI processes, workspaces, the CLI's own limits.
+
+    `max_live` defaults to 6: an idle CLI holds ~120 MB PSS and a busy one ~190 MB, so six warm
+    clients stay under ~1.2 GB on a small (2-4 GB) machine; the least recently used closes first.
+    """
+
+    model_config = _config("COPILOT_SDK_")
+
+    workspaces_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("COPILOT_WORKSPACES_DIR", "workspaces_dir")
+    )
+    idle_s: float = Field(default=600.0, gt=0)
+    max_live: int = Field(default=6, ge=1)
+    idle_timeout_s: float = Field(default=180.0, gt=0)
+    max_retries: int = Field(default=1, ge=0)
+    max_empty_tool_calls: int = Field(default=3, ge=1)
+    stop_grace_s: float = Field(default=5.0, ge=0)
+    builtin_tools: str = ""
+    max_subagents: int = Field(default=2, ge=0)
+    denied_bash: list[str] = Field(
+        default_factory=lambda: ["sudo", "rm -rf /", "mkfs", "shutdown", "reboot"]
+    )
+    cli_path: Path | None = None
+
+    @property
+    def builtin_tool_names(self) -> list[str]:
+        """`builtin_tools` as a list of CLI tool names."""
+        return [name.strip() for name in self.builtin_tools.split(",") if name.strip()]
+
+    def workspaces_root(self, data_dir: Path) -> Path:
+        """Where session workspaces live (`COPILOT_WORKSPACES_DIR`, else under the data dir)."""
+        return self.workspaces_dir or data_dir / "workspaces"
+
+
 class Settings(BaseModel):
     """Every setting of the service, grouped by concern."""
 
@@ -338,3 +373,4 @@ class Settings(BaseModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     turns: TurnSettings = Field(default_factory=TurnSettings)
+    sdk: SdkSettings = Field(default_factory=SdkSettings)

@@ -18,6 +18,7 @@ ErrorCode = Literal[
     "prompt_too_long",
     "max_output_tokens",
     "tool_loop_limit",
+    "agent_stalled",
     "interrupted",
     "internal",
 ]
@@ -48,6 +49,7 @@ MESSAGES: dict[str, str] = {
     "prompt_too_long": "The conversation is too long for the model's context window.",
     "max_output_tokens": "The reply reached the maximum output length.",
     "tool_loop_limit": "The agent used too many tool rounds and was stopped.",
+    "agent_stalled": "The agent stopped making progress and was stopped.",
     "interrupted": "The server stopped in the middle of this reply; send the message again.",
     "internal": "An internal error ended the reply.",
 }

@@ -1,0 +1,301 @@
+"""The `claude_sdk` backend: each turn is a `query()` on the session's Claude Code CLI.
+
+A turn takes the session's warm client when it saw the whole stored transcript (`pool.py`),
+else resumes the CLI from Postgres (`resume=` the CLI session id found in the transcript, with
+our `SessionStore`: the SDK loads the entries and writes them into a temporary config dir the
+CLI resumes from), else starts a fresh CLI session; one that had history to lose is seeded with
+a text rendering of it and marks `request.extra["fresh_session"] = True` for the runner.
+
+Reading: the SDK's stream is read by a pump task that is never cancelled while a read is
+pending (cancelling its `__anext__` loses messages); the turn waits on a queue with the idle
+timeout instead. A stop (`TurnControl.stop`) is `interrupt()`: the CLI ends the turn with a
+`ResultMessage` (`terminal_reason` aborted_*), which this reads before returning normally,
+so the client stays warm. The CLI's stream ends a turn only at `ResultMessage`.
+
+Failures: API errors arrive in the `ResultMessage` (`mapping.result_error`). An exception or a
+stream that ends without a result means the CLI died: `upstream_unavailable` (retryable), the
+client discarded. No message for `idle_timeout_s`, or `max_empty_tool_calls` failing tool calls
+without input in a row, is `agent_stalled`. A client left mid-turn for any reason is discarded,
+never reused. An attempt the runner retries after an API error finds its user message already
+in the warm CLI's transcript: the retry sends a short note instead of the message again (after
+a dead CLI the transcript in Postgres lacks the failed turn, so the message is sent whole).
+The CLI's own retries are capped (`CLAUDE_CODE_MAX_RETRIES`): its retries are
+invisible and slow; the runner's policy retries only while nothing visible was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from claude_agent_sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ClaudeSDKError,
+    Message,
+    ResultMessage,
+)
+
+from app.backends.claude_sdk.mapping import TurnMapper
+from app.backends.claude_sdk.pool import ClientPool, LiveClient
+from app.backends.claude_sdk.ports import Toolset, Transcripts, Workspace, Workspaces
+from app.backends.claude_sdk.prompt import seed_text, user_content, user_message
+from app.backends.errors import UpstreamError
+from app.backends.events import AgentEvent, TurnControl, TurnRequest
+from app.config import SdkSettings
+
+log = logging.getLogger(__name__)
+
+INTERRUPT_TIMEOUT_S = 5.0
+RETRY_NOTE = "(The previous attempt to answer failed upstream; please answer my message above.)"
+_END = object()
+
+
+class ClaudeSDKBackend:
+    """Runs turns on per-session Claude Code CLI processes, warm between turns."""
+
+    name = "claude_sdk"
+
+    def __init__(
+        self,
+        settings: SdkSettings,
+        *,
+        model: str,
+        system_prompt: str,
+        workspaces: Workspaces,
+        transcripts: Transcripts,
+        toolset: Toolset,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_tool_rounds: int = 8,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.system_prompt = system_prompt
+        self.workspaces = workspaces
+        self.transcripts = transcripts
+        self.toolset = toolset
+        self.api_key = api_key
+        self.base_url = base_url
+        self.max_tool_rounds = max_tool_rounds
+        self.stop_grace_s = settings.stop_grace_s
+        self.pool = ClientPool(settings.max_live, settings.idle_s)
+
+    def classify(self, exc: BaseException) -> UpstreamError:
+        """Map a failure of a turn onto the shared taxonomy."""
+        if isinstance(exc, UpstreamError):
+            return exc
+        if isinstance(exc, ClaudeSDKError | OSError):
+            return UpstreamError("upstream_unavailable", f"the CLI failed: {exc}")
+        return UpstreamError("internal", f"{type(exc).__name__}: {exc}")
+
+    async def forget_session(self, session_id: str) -> None:
+        """Close the session's CLI and delete its workspace (the transcript rows go with the
+        session's rows)."""
+        await self.pool.forget(session_id)
+        await self.workspaces.remove(session_id)
+
+    async def close(self) -> None:
+        """Close every CLI process."""
+        await self.pool.close()
+
+    # -- a turn -------------------------------------------------------------------------
+
+    async def run(self, request: TurnRequest, control: TurnControl) -> AsyncIterator[AgentEvent]:
+        """Stream one attempt: the new user message sent to the session's CLI, its answer."""
+        if not request.history or request.history[-1].get("role") != "user":
+            raise UpstreamError("invalid_request", "there is no user message to answer")
+        live, workspace, seeded = await self._client_for(request)
+        if live.failed_turn == request.turn_id:
+            # The runner retries this turn: its user message is already in the CLI's
+            # transcript (the failed attempt's API error is not sent to the model again).
+            blocks = [{"type": "text", "text": RETRY_NOTE}]
+        else:
+            blocks = user_content(request.history[-1], workspace.path)
+        live.failed_turn = None
+        if seeded:
+            blocks.insert(0, {"type": "text", "text": seed_text(request.history[:-1])})
+        mapper = TurnMapper(request.turn_id, request.model, self.toolset.public_name)
+        clean = False
+        try:
+            await live.client.query(_single(user_message(blocks)))
+            async for message in self._messages(live, control, mapper):
+                for event in mapper.feed(message):
+                    yield event
+                if mapper.empty_tool_errors >= self.settings.max_empty_tool_calls:
+                    raise UpstreamError(
+                        "agent_stalled", f"{mapper.empty_tool_errors} failing empty tool calls"
+                    )
+                if isinstance(message, ResultMessage):
+                    break
+            if mapper.result is None:
+                for event in mapper.close():
+                    yield event
+                raise UpstreamError("upstream_unavailable", "the CLI ended without a result")
+            clean = True
+            error = mapper.error()
+            if error is not None:
+                live.failed_turn = request.turn_id
+                raise error
+            yield mapper.finished()
+        finally:
+            if clean:
+                self.pool.put_back(live)
+            else:
+                self.pool.discard(live)
+
+    async def _messages(
+        self, live: LiveClient, control: TurnControl, mapper: TurnMapper
+    ) -> AsyncIterator[Message]:
+        """The turn's messages up to its `ResultMessage`, read by a pump task that is never
+        cancelled mid-read; a stop becomes `interrupt()`."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for message in live.client.receive_response():
+                    queue.put_nowait(message)
+            except Exception as exc:
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(_END)
+
+        live.reader = asyncio.create_task(pump(), name=f"sdk-pump-{live.session_id}")
+        stopping = asyncio.ensure_future(control.stop.wait())
+        interrupted = False
+        getter: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                getter = getter or asyncio.ensure_future(queue.get())
+                waits: set[asyncio.Future[Any]] = {getter}
+                if not interrupted:
+                    waits.add(stopping)
+                deadline = time.monotonic() + self.settings.idle_timeout_s
+                done, _ = await asyncio.wait(
+                    waits, timeout=self.settings.idle_timeout_s, return_when="FIRST_COMPLETED"
+                )
+                if stopping in done and not interrupted:
+                    interrupted = mapper.stopping = True
+                    await self._interrupt(live)
+                if getter not in done:
+                    if time.monotonic() >= deadline:
+                        raise UpstreamError(
+                            "agent_stalled",
+                            f"no message from the CLI for {self.settings.idle_timeout_s:g} s",
+                        )
+                    continue
+                item = getter.result()
+                getter = None
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise UpstreamError("upstream_unavailable", f"the CLI failed: {item}")
+                yield item
+        finally:
+            stopping.cancel()
+            if getter is not None:
+                getter.cancel()
+            # A pump still reading is left to end with its client, which the caller discards.
+
+    async def _interrupt(self, live: LiveClient) -> None:
+        try:
+            await asyncio.wait_for(live.client.interrupt(), INTERRUPT_TIMEOUT_S)
+        except Exception:
+            log.warning("interrupt of session %s failed", live.session_id, exc_info=True)
+
+    # -- clients ------------------------------------------------------------------------
+
+    async def _client_for(self, request: TurnRequest) -> tuple[LiveClient, Workspace, bool]:
+        """A client for the session: warm if current, else resumed, else fresh; and whether
+        the fresh one must be seeded with the history."""
+        session_id = request.session_id
+        stored = await self.transcripts.position(session_id)
+        workspace = self.workspaces.for_session(session_id)
+        live = self.pool.take(session_id)
+        if live is not None:
+            if live.is_current(stored) and live.model == request.model:
+                return live, workspace, False
+            log.info("session %s: the warm CLI is stale; resuming from the store", session_id)
+            self.pool.discard(live)
+        workspace.cleanup_leftovers()
+        if stored is not None and stored.cli_session_id:
+            store = self.transcripts.bind(session_id, stored)
+            options = self._options(request, workspace, store, resume=stored.cli_session_id)
+            try:
+                return await self._connect(session_id, options, store, request), workspace, False
+            except Exception:
+                log.warning("session %s: resume failed; starting afresh", session_id, exc_info=True)
+        store = self.transcripts.fresh(session_id, stored)
+        options = self._options(request, workspace, store, session_id=str(uuid.uuid4()))
+        live = await self._connect(session_id, options, store, request)
+        seeded = len(request.history) > 1
+        if seeded or stored is not None:
+            request.extra["fresh_session"] = True
+        return live, workspace, seeded
+
+    async def _connect(
+        self, session_id: str, options: ClaudeAgentOptions, store: Any, request: TurnRequest
+    ) -> LiveClient:
+        client = ClaudeSDKClient(options)
+        try:
+            await client.connect()
+        except BaseException:
+            await asyncio.shield(_disconnect_quietly(client))
+            raise
+        live = LiveClient(session_id, client, store, model=request.model)
+        self.pool.adopt(live)
+        return live
+
+    def _options(
+        self,
+        request: TurnRequest,
+        workspace: Workspace,
+        store: Any,
+        *,
+        resume: str | None = None,
+        session_id: str | None = None,
+    ) -> ClaudeAgentOptions:
+        env = {
+            **workspace.env(),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "CLAUDE_CODE_MAX_RETRIES": str(self.settings.max_retries),
+        }
+        if self.api_key:
+            env["ANTHROPIC_API_KEY"] = self.api_key
+        if self.base_url:
+            env["ANTHROPIC_BASE_URL"] = self.base_url
+        tools = self.toolset
+        return ClaudeAgentOptions(
+            model=request.model,
+            system_prompt=self.system_prompt,
+            include_partial_messages=True,
+            setting_sources=[],
+            cwd=str(workspace.path),
+            env=env,
+            tools=list(tools.builtin),
+            allowed_tools=[*tools.allowed, *tools.builtin],
+            mcp_servers={"copilot": tools.server} if tools.server is not None else {},
+            hooks=cast(Any, tools.hooks_for(workspace.path)) if tools.hooks_for else None,
+            permission_mode="dontAsk",
+            session_store=store,
+            resume=resume,
+            session_id=session_id,
+            max_turns=self.max_tool_rounds + 1,
+            cli_path=self.settings.cli_path,
+            stderr=lambda line: log.debug("claude cli: %s", line.rstrip()),
+        )
+
+
+async def _single(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield message
+
+
+async def _disconnect_quietly(client: ClaudeSDKClient) -> None:
+    try:
+        await client.disconnect()
+    except Exception:
+        log.debug("disconnect after a failed connect failed", exc_info=True)
