@@ -301,7 +301,7 @@ class TurnSettings(BaseSettings):
 
     model_config = _config("COPILOT_")
 
-    backend: Literal["anthropic", "claude_sdk"] = "anthropic"
+    backend: Literal["anthropic", "claude_sdk"] = "claude_sdk"
     max_tool_rounds: int = 8
     heartbeat_s: float = 10.0
     send_timeout_s: float = 30.0

@@ -109,7 +109,12 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         stack.push_async_callback(client.close)
         tools = ToolRegistry()
         register_builtin_tools(tools)
-        backend = create_backend(settings, client, tools)
+        transcripts = None
+        if settings.turns.backend == "claude_sdk":
+            from app.store.transcripts import PostgresTranscripts
+
+            transcripts = PostgresTranscripts(state.turn_rows.pool)
+        backend = create_backend(settings, client, tools, transcripts=transcripts)
         stack.push_async_callback(backend.close)
         eventlog = EventLogWriter(
             state.redis, settings.turns.eventlog_flush_ms / 1000, settings.turns.eventlog_ttl_s

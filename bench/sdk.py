@@ -43,6 +43,7 @@ from app.config import DatabaseSettings, SdkSettings  # noqa: E402
 from app.devtools.fake_upstream import running_fake_upstream  # noqa: E402
 from app.store.db import connect_args, migrate  # noqa: E402
 from app.store.transcripts import PostgresTranscripts  # noqa: E402
+from app.store.turn_rows import TurnRows
 from tests.backends.claude_sdk.conftest import _Workspaces, registry_toolset  # noqa: E402
 
 MODEL = "claude-test-1"
@@ -179,7 +180,8 @@ async def main(ns: list[int]) -> None:
     rows: list[tuple[str, int, dict[str, float]]] = []
     with running_fake_upstream() as fake, tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         root = Path(tmp)
-        store = await PostgresTranscripts.open(database_url, 8, connect_args(database_url))
+        rows = await TurnRows.open(database_url, 8, connect_args(database_url))
+        store = PostgresTranscripts(rows.pool)
         registry = ToolRegistry()
         register_builtin_tools(registry)
         try:
@@ -205,7 +207,7 @@ async def main(ns: list[int]) -> None:
                 finally:
                     await backend.close()
         finally:
-            await store.close()
+            await rows.close()
             await drop()
     print(f"{'mode':8} {'N':>3} {'cold TTFT ms':>13} {'warm TTFT ms':>13} "
           f"{'CPU s/turn':>11} {'peak RSS MB':>12}")  # fmt: skip

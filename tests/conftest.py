@@ -106,7 +106,7 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
         database=DatabaseSettings(url=database_url, pool_size=5),
         redis=RedisSettings(url=redis_url, key_prefix=f"test-{uuid.uuid4().hex[:8]}"),
         auth=AuthSettings(jwt_secret=SecretStr(JWT_SECRET)),
-        turns=TurnSettings(title_generation=False),
+        turns=TurnSettings(title_generation=False, backend="anthropic"),
     )
 
 

@@ -88,6 +88,9 @@ def upstream_env(
         "ANTHROPIC_API_KEY": "test-key",
         "COPILOT_REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
         "COPILOT_TITLE_GENERATION": "0",
+        # The Messages API backend unless a test asks for the Claude SDK one (the default
+        # of `copilot serve`): most served tests are about the service, not the CLI.
+        "COPILOT_BACKEND": "anthropic",
         **extra,
     }
 

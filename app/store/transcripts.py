@@ -18,18 +18,16 @@ one statement whatever their number, so a turn's writes grow with the turn, not 
 compares it with `position()` before reusing the process, so a turn answered on another replica
 in between is never missed.
 
-The statements run on a small asyncpg pool of their own, like `turn_rows`, in autocommit.
+The statements run on the turns' own asyncpg pool (`app.store.turn_rows`), in autocommit:
+one more pool per replica would buy nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
-import orjson
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
 log = logging.getLogger(__name__)
@@ -71,20 +69,6 @@ class TranscriptPosition:
     cli_session_id: str | None = None
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda value: orjson.dumps(value).decode(),
-        decoder=orjson.loads,
-        schema="pg_catalog",
-        format="text",
-    )
-
-
 class SessionTranscript:
     """A `SessionStore` bound to one of our sessions and one generation."""
 
@@ -119,32 +103,10 @@ class SessionTranscript:
 
 
 class PostgresTranscripts:
-    """Every session's CLI transcripts, on a small asyncpg pool."""
+    """Every session's CLI transcripts, on the turns' asyncpg pool (`TurnRows.pool`)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-
-    @classmethod
-    async def open(
-        cls, url: str, size: int = 4, connect_args: dict[str, Any] | None = None
-    ) -> PostgresTranscripts:
-        """A store on a pool of up to `size` connections to `url` (an SQLAlchemy URL)."""
-        pool = await asyncpg.create_pool(
-            _asyncpg_dsn(url),
-            min_size=0,
-            max_size=size,
-            init=_init_connection,
-            **(connect_args or {}),
-        )
-        assert pool is not None
-        return cls(pool)
-
-    async def close(self) -> None:
-        """Close the pool."""
-        try:
-            await asyncio.wait_for(self.pool.close(), 10)
-        except TimeoutError:
-            self.pool.terminate()
 
     def bind(self, session_id: str, position: TranscriptPosition | None) -> SessionTranscript:
         """A `SessionStore` for `session_id`: the generation at `position` (its entries up to

@@ -41,6 +41,7 @@ INTERRUPTIONS = {
     "shutdown": "the server shut down mid-reply",
     "lease_lost": "the session's lease was lost: another turn may have taken over",
 }
+DB_ONLY_RUNG = 3  # the context ladder's last rung: a fresh context from the stored messages
 YIELD_EVERY = 32  # backend events handled between two turns of the event loop, at most
 
 
@@ -229,7 +230,7 @@ class TurnRunner:
                         # Events already buffered (a fast upstream) arrive without the backend
                         # ever suspending: let the rest of the event loop run now and then.
                         await asyncio.sleep(0)
-                attempt.finished_at = datetime.now(UTC)
+                self._attempt_ended(attempt)
                 finished = self.adapter.finished
                 if finished is not None:
                     self.outcome.finish_reason = finished.reason
@@ -237,7 +238,7 @@ class TurnRunner:
                 return
             except Exception as exc:
                 error = self.services.backend.classify(exc)
-                attempt.finished_at = datetime.now(UTC)
+                self._attempt_ended(attempt)
                 attempt.error_code = error.code
                 self.adapter.end_step()
                 delay = None
@@ -258,6 +259,13 @@ class TurnRunner:
                     await asyncio.wait_for(self.control.stop.wait(), delay)
                 if self.stop_reason is not None:
                     return
+
+    def _attempt_ended(self, attempt: Attempt) -> None:
+        attempt.finished_at = datetime.now(UTC)
+        if self.request.extra.get("fresh_session"):
+            # The backend could not resume its own context and started afresh from the
+            # stored messages: the DB-only rung of the context ladder.
+            attempt.context_rung = DB_ONLY_RUNG
 
     def _fail(self, error: UpstreamError) -> None:
         """End with `data-error`, the usage so far, then `error` (where the AI SDK stops)."""

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.serving import Served, serve, upstream_env
 
 E2E_DIR = Path(__file__).resolve().parent
 VERSIONS = ["ai5", "ai6", "ai7"]
+BACKENDS = ["anthropic", "claude_sdk"]
 JWT_SECRET = f"e2e-{uuid.uuid4().hex}-{uuid.uuid4().hex}"
 USER = "e2e-user"
 SCENARIO_TIMEOUT_MS = 30_000
@@ -119,8 +121,9 @@ def auth() -> AuthSettings:
     return AuthSettings(jwt_secret=SecretStr(JWT_SECRET))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BACKENDS)
 def served(
+    request: pytest.FixtureRequest,
     node: str,
     fake: FakeUpstreamHandle,
     auth: AuthSettings,
@@ -128,17 +131,22 @@ def served(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
-    """`copilot serve` with JWT auth and title generation on, pointed at the fake upstream."""
+    """`copilot serve` with JWT auth and title generation on, pointed at the fake upstream,
+    on each backend in turn (the Claude SDK one runs the real CLI)."""
+    root = Path(tempfile.mkdtemp(prefix="ws", dir="/tmp"))  # short: the CLI's socket path
     env = upstream_env(
         fake.base_url,
         database_url,
         redis_url,
         COPILOT_JWT_SECRET=JWT_SECRET,
         COPILOT_TITLE_GENERATION="1",
+        COPILOT_BACKEND=request.param,
+        COPILOT_WORKSPACES_DIR=str(root),
     )
     with serve(env, tmp_path_factory.mktemp("e2e")) as server:
         server.headers = {"Authorization": f"Bearer {issue_token(auth, USER)}"}
         yield server
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _tail(text: str, lines: int) -> str:

@@ -11,15 +11,17 @@ import pytest_asyncio
 
 from app.store.db import connect_args
 from app.store.transcripts import PostgresTranscripts, TranscriptPosition
+from app.store.turn_rows import TurnRows
 
 
 @pytest_asyncio.fixture
 async def transcripts(database_url: str) -> AsyncIterator[PostgresTranscripts]:
-    store = await PostgresTranscripts.open(database_url, 2, connect_args(database_url))
+    rows = await TurnRows.open(database_url, 2, connect_args(database_url))
+    store = PostgresTranscripts(rows.pool)
     try:
         yield store
     finally:
-        await store.close()
+        await rows.close()
 
 
 async def _session(store: PostgresTranscripts) -> str:

@@ -28,6 +28,7 @@ from app.config import SdkSettings
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.store.db import connect_args
 from app.store.transcripts import PostgresTranscripts
+from app.store.turn_rows import TurnRows
 
 MODEL = "claude-test-1"
 
@@ -109,11 +110,12 @@ def registry_toolset(registry: ToolRegistry) -> Toolset:
 
 @pytest_asyncio.fixture
 async def transcripts(database_url: str) -> AsyncIterator[PostgresTranscripts]:
-    store = await PostgresTranscripts.open(database_url, 4, connect_args(database_url))
+    rows = await TurnRows.open(database_url, 4, connect_args(database_url))
+    store = PostgresTranscripts(rows.pool)
     try:
         yield store
     finally:
-        await store.close()
+        await rows.close()
 
 
 BackendFactory = Callable[..., ClaudeSDKBackend]
