@@ -10,30 +10,25 @@ visibly: refusing a whole message for one stray byte pasted from a terminal help
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
-REPLACEMENT = "\ufffd"
+from app.stream.text import clean, clean_text
+
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
-
-def visible_text(text: str) -> str:
-    """`text` with every NUL and lone surrogate replaced by U+FFFD."""
-    return _UNSTORABLE.sub(REPLACEMENT, text) if _UNSTORABLE.search(text) else text
+# The one cleaning rule, shared with what the model writes (`app.stream.text`).
+visible_text = clean_text
 
 
 def clean_value(value: Any) -> Any:
-    """A JSON value with `visible_text` applied to every string in it, keys included."""
-    if isinstance(value, str):
-        return visible_text(value)
-    if isinstance(value, list):
-        return [clean_value(v) for v in value]
-    if isinstance(value, dict):
-        return {visible_text(str(k)): clean_value(v) for k, v in value.items()}
-    return value
+    """A copy of a JSON value with `visible_text` applied to every string in it, keys
+    included."""
+    return clean(copy.deepcopy(value))
 
 
 def visible_if_text(value: Any) -> Any:
