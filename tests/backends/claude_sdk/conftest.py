@@ -1,29 +1,25 @@
-"""The claude_sdk backend with the real bundled CLI against the fake upstream, on real Postgres.
-
-`workspace.py` and `mcp_tools.py` are written on another branch: until they land, minimal
-stand-ins (`_Workspaces`, `registry_toolset`) live here, with the same interfaces.
-"""
+"""The claude_sdk backend with the real bundled CLI against the fake upstream, on real Postgres,
+with the real workspaces and the registry as its MCP server."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
 import pytest
 import pytest_asyncio
-from claude_agent_sdk import SdkMcpTool, create_sdk_mcp_server
 
 from app.backends.builtin_tools import register_builtin_tools
 from app.backends.claude_sdk.backend import ClaudeSDKBackend
+from app.backends.claude_sdk.mcp_tools import public_tool_name, registry_server
 from app.backends.claude_sdk.ports import Toolset
+from app.backends.claude_sdk.workspace import Workspaces
 from app.backends.events import AgentEvent, TurnControl, TurnRequest
-from app.backends.tools import ToolError, ToolRegistry
+from app.backends.tools import ToolRegistry
 from app.config import SdkSettings
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.store.db import connect_args
@@ -48,64 +44,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claude_cli: drives the Claude Code CLI (runs in CI)")
 
 
-@dataclass
-class _Workspace:
-    path: Path
-    home: Path
-    config_dir: Path
-    tmp: Path
-
-    def env(self) -> dict[str, str]:
-        return {"HOME": str(self.home), "CLAUDE_CONFIG_DIR": str(self.config_dir),
-                "TMPDIR": str(self.tmp)}  # fmt: skip
-
-    def cleanup_leftovers(self) -> None:
-        pass
-
-
-class _Workspaces:
-    """Stand-in for workspace.Workspaces (tests only)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def for_session(self, session_id: str) -> _Workspace:
-        base = self.root / session_id
-        ws = _Workspace(base / "work", base / "home", base / "home" / ".claude", base / "tmp")
-        for path in (ws.path, ws.home, ws.config_dir, ws.tmp):
-            path.mkdir(parents=True, exist_ok=True)
-        return ws
-
-    async def remove(self, session_id: str) -> None:
-        import shutil
-
-        shutil.rmtree(self.root / session_id, ignore_errors=True)
-
-
 def registry_toolset(registry: ToolRegistry) -> Toolset:
-    """Stand-in for mcp_tools.registry_server (tests only)."""
-    tools: list[SdkMcpTool[Any]] = []
-    for schema_of in registry.schemas():
-        tool = registry.get(schema_of["name"])
-        assert tool is not None
-        name = tool.name
-
-        async def handler(args: dict[str, Any], tool: Any = tool) -> dict[str, Any]:
-            try:
-                result = await tool.call(args)
-            except ToolError as exc:
-                return {"content": [{"type": "text", "text": str(exc)}], "is_error": True}
-            text = result if isinstance(result, str) else orjson.dumps(result).decode()
-            return {"content": [{"type": "text", "text": text}]}
-
-        schema = tool.schema()["input_schema"]
-        tools.append(SdkMcpTool(name, tool.description, schema, handler))
-    server = create_sdk_mcp_server("copilot", tools=tools)
-    return Toolset(
-        server=server,
-        allowed=[PREFIX + t.name for t in tools],
-        public_name=lambda n: n.removeprefix(PREFIX),
-    )
+    """The registry as the backend gets it from the factory (no built-in tools)."""
+    server, allowed = registry_server(registry)
+    return Toolset(server=server, allowed=allowed, public_name=public_tool_name)
 
 
 @pytest_asyncio.fixture
@@ -151,7 +93,7 @@ async def make_backend(
             settings,
             model=MODEL,
             system_prompt="You are a test assistant.",
-            workspaces=_Workspaces(tmp_path / root),
+            workspaces=Workspaces(tmp_path / root),
             transcripts=transcripts,
             toolset=registry_toolset(registry),
             api_key="test",
