@@ -349,9 +349,8 @@ class SdkSettings(BaseSettings):
     stop_grace_s: float = Field(default=5.0, ge=0)
     builtin_tools: str = ""
     max_subagents: int = Field(default=2, ge=0)
-    denied_bash: list[str] = Field(
-        default_factory=lambda: ["sudo", "rm -rf /", "mkfs", "shutdown", "reboot"]
-    )
+    # Patterns denied on top of the built-in ones (`hooks.DEFAULT_DENIED_BASH`).
+    denied_bash: list[str] = Field(default_factory=list)
     cli_path: Path | None = None
 
     @property

@@ -46,7 +46,7 @@ def _claude_sdk(
     from claude_agent_sdk import HookMatcher
 
     from app.backends.claude_sdk.backend import ClaudeSDKBackend
-    from app.backends.claude_sdk.hooks import tool_guards
+    from app.backends.claude_sdk.hooks import DEFAULT_DENIED_BASH, tool_guards
     from app.backends.claude_sdk.mcp_tools import public_tool_name, registry_server
     from app.backends.claude_sdk.ports import Toolset
     from app.backends.claude_sdk.workspace import Workspaces
@@ -55,9 +55,12 @@ def _claude_sdk(
     server, allowed = registry_server(tools)
     builtin = sdk.builtin_tool_names
 
+    denied_bash = [*DEFAULT_DENIED_BASH, *sdk.denied_bash]
+    tool_guards(Path("/"), denied_bash=denied_bash, max_subagents=0)  # a bad pattern fails now
+
     def hooks_for(workspace: Path) -> dict[str, list[HookMatcher]]:
         guards: dict[str, list[HookMatcher]] = tool_guards(
-            workspace, denied_bash=sdk.denied_bash, max_subagents=sdk.max_subagents
+            workspace, denied_bash=denied_bash, max_subagents=sdk.max_subagents
         )
         return guards
 
