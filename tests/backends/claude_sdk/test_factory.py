@@ -1,5 +1,4 @@
-"""COPILOT_BACKEND=claude_sdk through the factory, with the real workspace, hooks and MCP tools
-(skipped until those modules are merged)."""
+"""COPILOT_BACKEND=claude_sdk through the factory, with the real workspace, hooks and MCP tools."""
 
 from __future__ import annotations
 
@@ -28,13 +27,22 @@ def test_claude_sdk_needs_a_transcript_store() -> None:
         create_backend(settings, client, ToolRegistry())
 
 
+def test_a_bad_denied_bash_pattern_fails_at_start_up(transcripts: PostgresTranscripts) -> None:
+    settings = Settings(
+        turns=TurnSettings(backend="claude_sdk"),
+        sdk=SdkSettings(builtin_tools="Bash", denied_bash=["(unclosed"]),
+    )
+    client = anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="unclosed|pattern"):
+        create_backend(settings, client, ToolRegistry(), transcripts=transcripts)
+
+
 async def test_the_factory_builds_a_backend_that_answers_with_the_registry_tools(
     fake: FakeUpstreamHandle,
     transcripts: PostgresTranscripts,
     session_id: str,
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("app.backends.claude_sdk.workspace")
     settings = Settings(
         turns=TurnSettings(backend="claude_sdk"),
         sdk=SdkSettings(workspaces_dir=tmp_path / "ws", max_retries=0),
