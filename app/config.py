@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -275,6 +276,23 @@ class Rate(BaseModel):
     output: Decimal
     cache_read: Decimal
     cache_write: Decimal
+
+
+# What a child process the server starts for a model (the Claude Code CLI) may inherit from
+# the server's environment: how to run and reach the network, nothing else.
+CHILD_ENV_KEEP = re.compile(
+    r"^(PATH|LANG|LANGUAGE|LC_[A-Z]+|TZ|TERM|SHELL|USER|LOGNAME|"
+    r"(HTTPS?|ALL|NO)_PROXY|(https?|all|no)_proxy|SSL_CERT_(FILE|DIR)|NODE_EXTRA_CA_CERTS)$"
+)
+
+
+def blanked_server_environment() -> dict[str, str]:
+    """Every variable of the server's environment a child must not see, set to empty.
+
+    A child process inherits the server's whole environment (the SDK starts the CLI that way):
+    the database URL, JWT secret, API keys. Overriding them with empty values is the only way
+    to keep them from it, and from a model that can run commands there."""
+    return {name: "" for name in os.environ if not CHILD_ENV_KEEP.match(name)}
 
 
 def _default_rate_card() -> dict[str, Rate]:

@@ -123,6 +123,24 @@ def test_a_warm_follow_up_reuses_the_same_cli_process(
     assert after == before
 
 
+def test_the_cli_does_not_inherit_the_servers_secrets(
+    replicas: tuple[Served, Served], fake: FakeUpstreamHandle
+) -> None:
+    a, _ = replicas
+    _chat(a, f"sdk-{uuid.uuid4().hex[:10]}", "hello")
+    clis = _cli_processes(a)
+    assert clis
+    for cli in clis:
+        env = cli.environ()
+        # The server's database and Redis URLs (and any other secret of its environment)
+        # would reach a model that can run commands in the CLI.
+        assert env.get("DATABASE_URL") == ""
+        assert env.get("REDIS_URL") == ""
+        assert env.get("COPILOT_REDIS_KEY_PREFIX") == ""
+        assert env["ANTHROPIC_BASE_URL"] == fake.base_url
+        assert env["PATH"]
+
+
 def test_deleting_a_session_leaves_no_cli_process_and_no_workspace(
     replicas: tuple[Served, Served], roots: tuple[Path, Path]
 ) -> None:

@@ -46,7 +46,7 @@ from app.backends.claude_sdk.ports import Toolset, Transcripts, Workspace, Works
 from app.backends.claude_sdk.prompt import seed_text, user_content, user_message
 from app.backends.errors import UpstreamError
 from app.backends.events import AgentEvent, TurnControl, TurnRequest
-from app.config import SdkSettings
+from app.config import SdkSettings, blanked_server_environment
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,7 @@ class ClaudeSDKBackend:
         session_id: str | None = None,
     ) -> ClaudeAgentOptions:
         env = {
+            **blanked_server_environment(),
             **workspace.env(),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "CLAUDE_CODE_MAX_RETRIES": str(self.settings.max_retries),
