@@ -66,6 +66,9 @@ def copilot_env(bench: Bench, fake_url: str) -> dict[str, str]:
             "ANTHROPIC_BASE_URL": fake_url,
             "ANTHROPIC_API_KEY": "bench",
             "COPILOT_TITLE_GENERATION": "0",
+            # The relay is a Messages API relay: compare like with like (bench/sdk.py
+            # measures the Claude SDK backend against the bare SDK).
+            "COPILOT_BACKEND": "anthropic",
             "COPILOT_REDIS_KEY_PREFIX": f"copilot-bench-{bench.run_id}",
             "COPILOT_DATA_DIR": str(bench.out / "data"),
         }
