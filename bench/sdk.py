@@ -1,222 +1,407 @@
-"""The claude_sdk backend against the bare SDK: time to first token, CPU and memory per turn.
+"""`copilot serve` on the Claude Agent SDK backend against the bare SDK: time to first token,
+CPU and memory of a session's first (cold) and follow-up (warm) turn.
 
-    TEST_DATABASE_URL=postgresql://... uv run python bench/sdk.py            # N = 1, 4, 8, 16
-    TEST_DATABASE_URL=postgresql://... uv run python bench/sdk.py --n 1 4
+    uv run python bench/sdk.py                  # N = 1, 4, 8, 16 concurrent sessions
+    uv run python bench/sdk.py --n 1            # a quick run
 
-Each of N sessions runs two turns at once with the others: a first turn (the CLI is spawned:
-cold) and a follow-up (the kept-open client: warm). Two ways, in this process, against one
-fake upstream (in a thread; its CPU is in the figures of both):
-- `bare`: the floor, a few lines of claude-agent-sdk (`ClaudeSDKClient`, `query`,
-  `receive_response`), the same options the backend uses but no store, no tools.
-- `backend`: `ClaudeSDKBackend.run` with its pool, workspaces, the registry's MCP server and
-  the Postgres transcript store (a table of the database at TEST_DATABASE_URL).
-TTFT = from the start of the turn to its first text token (the cold one includes the spawn);
-CPU = user+system seconds of this process and its children (the CLIs) per turn; RSS = peak
-of this process tree, sampled every 50 ms. The backend's in-process cost only: the HTTP/SSE
-layer of `copilot serve` is measured by bench/relay.py.
+For each N, two rows, each with fresh processes, against one fake upstream process
+(`copilot fake-upstream`, shared by the whole run; its CPU is in neither row):
+- `bare`: `bench/sdk_bare.py`, a few lines of claude-agent-sdk (`ClaudeSDKClient`, `connect`,
+  `query`, `receive_response`) with the options and environment the backend gives the CLI:
+  the floor.
+- `copilot`: `copilot serve` (COPILOT_BACKEND=claude_sdk) on this machine's Postgres (a
+  database created for the run, dropped after it) and Redis (a key prefix of its own),
+  driven over HTTP: `POST /api/v1/chat {"id", "message"}`, the SSE stream read to `[DONE]`.
+
+Both do one warm-up session first (first-use costs), then N first turns at once (each spawns
+its session's CLI: cold) and, once all have ended, N follow-up turns at once (the session's
+open CLI: warm). Every reply is 50 tokens at 500 tokens/s.
+TTFT: from `connect()` (bare cold), `query()` (bare warm) or sending the POST (copilot) to the
+first text delta. CPU: user+system seconds of the process tree (the bare script or the server,
+with their CLIs) from the first turn's start to the last turn's end, per turn; the CLIs are
+still open when it is read. PG+Redis: CPU of the bench database's Postgres backends and of
+redis-server, which copilot serve uses and the bare script does not (not in the targets).
+Peak RSS: of the process tree, sampled every 50 ms. Errors: turns without HTTP 200, `[DONE]`
+(or a successful ResultMessage) and exactly 50 words; there must be none.
+Rest of machine: the busy CPU seconds of every other process during the row (the fake
+upstream, this driver, anything else running): the noise indicator.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import httpx
 import psutil
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, StreamEvent
+from measure import (
+    CpuByPid,
+    RssSampler,
+    Spawned,
+    code_version,
+    cpu_seconds,
+    free_port,
+    postgres_backends,
+    redis_server,
+)
+from profiling import analyse, recording, resolve_py_spy
+from servers import BENCH, COPILOT, clean_env
+from storage import clear_redis, create_database, database_url, drop_database
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.backends.builtin_tools import register_builtin_tools  # noqa: E402
-from app.backends.claude_sdk.backend import ClaudeSDKBackend  # noqa: E402
-from app.backends.events import TextDelta, TurnControl, TurnRequest  # noqa: E402
-from app.backends.tools import ToolRegistry  # noqa: E402
-from app.config import DatabaseSettings, SdkSettings  # noqa: E402
-from app.devtools.fake_upstream import running_fake_upstream  # noqa: E402
-from app.store.db import connect_args, migrate  # noqa: E402
-from app.store.transcripts import PostgresTranscripts  # noqa: E402
-from app.store.turn_rows import TurnRows
-from tests.backends.claude_sdk.conftest import _Workspaces, registry_toolset  # noqa: E402
-
-MODEL = "claude-test-1"
-PROMPT = "[[fake:text tokens=50 rate=500]]"
-Turn = Callable[[str, int], Awaitable[float]]
+PROMPT, TOKENS = "[[fake:text tokens=50 rate=500]]", 50
+ADDED_MS, ADDED_CPU = 50.0, 0.10
 
 
-def bare_env(base_url: str, root: Path, sid: str) -> tuple[dict[str, str], Path]:
-    """The floor's environment: what the backend gives the CLI, minus our workspace code."""
-    work = root / sid
-    (work / "home").mkdir(parents=True)
-    env = {
-        "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": "bench",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "HOME": str(work / "home"),
-        "CLAUDE_CONFIG_DIR": str(work / "home" / ".claude"),
-    }
-    return env, work
+@dataclass
+class Row:
+    """One (mode, N): times to first token in seconds (None: no text), CPU, memory, errors."""
+
+    mode: str
+    n: int
+    cold: list[float | None] = field(default_factory=list)
+    warm: list[float | None] = field(default_factory=list)
+    errors: int = 0
+    cpu: list[float] = field(default_factory=list)  # seconds: the cold phase, the warm one
+    python_cpu_s: float = 0.0  # of which the Python process itself, without its CLIs
+    store_cpu_s: float | None = None
+    peak_rss_mb: float = 0.0
+    rest_cpu_s: float | None = None  # the machine's other busy CPU meanwhile: the noise
+    headers: list[float] | None = None  # copilot: p50 seconds to the headers, cold and warm
+
+    def cpu_per_turn(self, phase: int | None = None) -> float | None:
+        """CPU seconds per turn of one phase (0 cold, 1 warm) or of both."""
+        if len(self.cpu) != 2:
+            return None
+        return sum(self.cpu) / (2 * self.n) if phase is None else self.cpu[phase] / self.n
+
+    def ms(self, turns: str, how: str) -> float | None:
+        """p50 or max of the cold or warm TTFTs, in ms."""
+        times: list[float] = [t for t in getattr(self, turns) if t is not None]
+        if not times:
+            return None
+        return 1000 * (statistics.median(times) if how == "p50" else max(times))
 
 
-async def bare_session(base_url: str, root: Path, sid: str) -> list[float]:
-    """The floor: two turns on one bare ClaudeSDKClient; their times to first token."""
-    env, work = bare_env(base_url, root, sid)
-    options = ClaudeAgentOptions(env=env, cwd=str(work), model=MODEL, tools=[],
-                                 include_partial_messages=True, setting_sources=[])  # fmt: skip
-    times: list[float] = []
-    started = time.monotonic()
-    async with ClaudeSDKClient(options) as client:
+@dataclass
+class Run:
+    """What every row of one run shares."""
+
+    fake_url: str
+    root: Path  # short, under /tmp: the CLIs' socket paths must fit in 107 bytes
+    out: Path
+    admin_url: str
+    redis_url: str
+    database: str
+    key_prefix: str
+    rows: int = 0  # rows started: names their directories, so that an N can be repeated
+
+    def next_tag(self, mode: str, n: int) -> str:
+        """A name for the next row's logs and workspaces."""
+        self.rows += 1
+        return f"{self.rows}-{mode}-n{n}"
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every process, every core)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+
+
+class Measured:
+    """CPU per phase (tree, and optionally Postgres + Redis), peak RSS and the rest of the
+    machine's CPU, for a process tree."""
+
+    def __init__(self, pid: int, store: CpuByPid | None = None) -> None:
+        self.proc, self.store, self.rss = psutil.Process(pid), store, RssSampler(pid)
+
+    def _cpu(self) -> tuple[float, float]:
+        own = self.proc.cpu_times()
+        return cpu_seconds([self.proc]), own.user + own.system
+
+    def __enter__(self) -> Measured:
+        self.rss.__enter__()
+        if self.store is not None:
+            self.store.begin()
+        self.host = host_busy_seconds()
+        self.mark = self._cpu()
+        return self
+
+    def lap(self, row: Row) -> None:
+        """Add the CPU seconds of the phase that just ended to the row."""
+        now = self._cpu()
+        row.cpu.append(now[0] - self.mark[0])
+        row.python_cpu_s += now[1] - self.mark[1]
+        self.mark = now
+
+    def stop(self, row: Row) -> None:
+        """Fill the row's store CPU, peak RSS and the rest of the machine's CPU (while the
+        CLIs are open)."""
+        row.peak_rss_mb = self.rss.peak / 2**20
+        if self.store is not None:
+            row.store_cpu_s = self.store.end()
+        row.rest_cpu_s = host_busy_seconds() - self.host - sum(row.cpu) - (row.store_cpu_s or 0)
+
+    def __exit__(self, *exc: object) -> None:
+        self.rss.__exit__(*exc)
+
+
+def run_bare(run: Run, n: int) -> Row:
+    """The floor: bench/sdk_bare.py with N sessions."""
+    row = Row("bare", n)
+    tag = run.next_tag("bare", n)
+    script = str(BENCH / "sdk_bare.py")
+    argv = [sys.executable, script, run.fake_url, str(run.root / tag), str(n)]
+    log = run.out / f"{tag}.log"
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=clean_env(),
+            text=True,
+        )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+
+    def say(line: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+    phases: list[list[tuple[float | None, bool]]] = []
+    try:
+        if proc.stdout.readline().strip() != "READY":
+            raise RuntimeError(f"sdk_bare.py did not start: see {log}")
+        with Measured(proc.pid) as measured:
+            for _ in ("cold", "warm"):
+                say("GO")
+                line = proc.stdout.readline()
+                measured.lap(row)
+                if not line:
+                    raise RuntimeError(f"sdk_bare.py failed: see {log}")
+                phases.append(json.loads(line))
+            measured.stop(row)
+        say("END")
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    row.cold, row.warm = ([t for t, _ in turns] for turns in phases)
+    row.errors = sum(failed for turns in phases for _, failed in turns)
+    return row
+
+
+async def chat(http: httpx.AsyncClient, sid: str) -> tuple[float | None, bool, float]:
+    """One turn over HTTP: seconds to the first `text-delta`, whether it went wrong, and
+    seconds to the response's headers (the turn's start-up work before the backend runs)."""
+    t0 = time.perf_counter()
+    first, text, done, failed, headers = None, "", False, False, float("nan")
+    try:
+        async with http.stream("POST", "/api/v1/chat", json={"id": sid, "message": PROMPT}) as r:
+            headers = time.perf_counter() - t0
+            async for line in r.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    chunk = json.loads(line[6:])
+                    if chunk.get("type") == "text-delta":
+                        first, text = first or time.perf_counter() - t0, text + chunk["delta"]
+                    failed = failed or chunk.get("type") in ("error", "data-error")
+    except httpx.HTTPError:
+        return first, True, headers
+    failed = failed or r.status_code != 200 or not done or len(text.split()) != TOKENS
+    return first, failed, headers
+
+
+async def drive_copilot(
+    url: str, row: Row, measured: Measured, prefix: str, spy: AbstractContextManager[None]
+) -> None:
+    """A warm-up session (deleted after it), then the N cold turns, then the N warm ones
+    (those under `spy`)."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        warm_up = f"{prefix}-w"
         for _ in range(2):
-            await client.query(PROMPT)
-            first: float | None = None
-            async for message in client.receive_response():
-                delta = message.event.get("delta", {}) if isinstance(message, StreamEvent) else {}
-                if first is None and delta.get("type") == "text_delta":
-                    first = time.monotonic() - started
-            times.append(first or float("nan"))
-            started = time.monotonic()
-    return times
+            if (await chat(http, warm_up))[1]:
+                raise RuntimeError("the warm-up chat failed")
+        (await http.delete(f"/api/v1/sessions/{warm_up}")).raise_for_status()
+        with spy, measured:
+            sids = [f"{prefix}-{i}" for i in range(row.n)]
+            cold = await asyncio.gather(*(chat(http, sid) for sid in sids))
+            measured.lap(row)
+            warm = await asyncio.gather(*(chat(http, sid) for sid in sids))
+            measured.lap(row)
+            measured.stop(row)
+    row.cold, row.warm = [t for t, _, _ in cold], [t for t, _, _ in warm]
+    row.errors = sum(failed for _, failed, _ in cold + warm)
+    row.headers = [statistics.median(h for _, _, h in turns) for turns in (cold, warm)]
 
 
-async def backend_session(backend: ClaudeSDKBackend, sid: str) -> list[float]:
-    """Two turns of one session through the backend; their times to first token."""
-    history: list[dict[str, Any]] = []
-    times: list[float] = []
-    for _ in range(2):
-        history.append({"id": uuid.uuid4().hex, "role": "user",
-                        "parts": [{"type": "text", "text": PROMPT}]})  # fmt: skip
-        started = time.monotonic()
-        first: float | None = None
-        request = TurnRequest(sid, str(uuid.uuid4()), list(history), MODEL)
-        async for event in backend.run(request, TurnControl()):
-            if first is None and isinstance(event, TextDelta):
-                first = time.monotonic() - started
-        times.append(first or float("nan"))
-        history.append({"id": uuid.uuid4().hex, "role": "assistant", "parts": []})
-    return times
-
-
-class Sampler:
-    """Peak RSS of this process tree, every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self.me = psutil.Process()
-
-    async def run(self) -> None:
-        while True:
-            total = 0
-            for proc in [self.me, *self.me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            await asyncio.sleep(0.05)
-
-
-def cpu_now() -> float:
-    """User+system CPU seconds of this process, its reaped children and its live ones."""
-    t = os.times()
-    live = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            times = child.cpu_times()
-        except psutil.Error:
-            continue
-        live += times.user + times.system
-    return t.user + t.system + t.children_user + t.children_system + live
-
-
-async def measure(n: int, run_one: Callable[[str], Awaitable[list[float]]]) -> dict[str, float]:
-    """N sessions at once; median cold and warm TTFT, CPU per turn, peak RSS."""
-    sampler = Sampler()
-    sampling = asyncio.create_task(sampler.run())
-    cpu = cpu_now()
-    results = await asyncio.gather(*(run_one(f"bench-{uuid.uuid4().hex[:10]}") for _ in range(n)))
-    sampling.cancel()
-    return {
-        "cold_ms": statistics.median(r[0] for r in results) * 1000,
-        "warm_ms": statistics.median(r[1] for r in results) * 1000,
-        "cpu_per_turn_s": (cpu_now() - cpu) / (2 * n),
-        "peak_rss_mb": sampler.peak / 2**20,
+def run_copilot(run: Run, n: int, py_spy: list[str] | None = None) -> Row:
+    """`copilot serve` on the claude_sdk backend with N sessions over HTTP (under py-spy, its
+    profile in the logs, when given)."""
+    row = Row("copilot (py-spy)" if py_spy else "copilot", n)
+    tag = run.next_tag("copilot-py-spy" if py_spy else "copilot", n)
+    port = free_port()
+    env = clean_env() | {
+        "COPILOT_BACKEND": "claude_sdk",
+        "DATABASE_URL": database_url(run.admin_url, run.database),
+        "REDIS_URL": run.redis_url,
+        "COPILOT_REDIS_KEY_PREFIX": run.key_prefix,
+        "ANTHROPIC_BASE_URL": run.fake_url,
+        "ANTHROPIC_API_KEY": "bench",
+        "COPILOT_TITLE_GENERATION": "0",
+        "COPILOT_WORKSPACES_DIR": str(run.root / tag),
+        "COPILOT_SDK_MAX_LIVE": str(n + 1),
+        "COPILOT_DATA_DIR": str(run.out / "data"),
     }
+    argv = [COPILOT, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    logs = run.out / tag
+    logs.mkdir()
+    server = Spawned.start("copilot", argv, env, logs)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server.wait_ready(url + "/readyz")
+        redis_port = httpx.URL(run.redis_url).port or 6379
+        store = CpuByPid(lambda: postgres_backends(run.database) + redis_server(redis_port))
+        measured = Measured(server.pid, store)
+        spy: AbstractContextManager[None] = nullcontext()
+        if py_spy:
+            spy = recording(py_spy, server.pid, logs, clean_env())
+        prefix = f"sdk{n}-{uuid.uuid4().hex[:6]}"
+        asyncio.run(drive_copilot(url, row, measured, prefix, spy))
+    finally:
+        server.stop()
+    return row
 
 
-async def bench_database() -> tuple[str, Callable[[], Awaitable[None]]]:
-    """A database migrated for this run on the server at TEST_DATABASE_URL, and its dropper."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
+def table(rows: list[Row]) -> str:
+    """The rows as a markdown table."""
 
-    server = DatabaseSettings(url=os.environ["TEST_DATABASE_URL"]).url
-    assert server is not None
-    name = f"copilot_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(migrate, url)
+    def num(value: float | None, digits: int = 0) -> str:
+        return "-" if value is None else f"{value:,.{digits}f}"
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+    lines = [
+        "| mode | N | cold TTFT p50 ms | cold max | warm TTFT p50 ms | warm max "
+        "| CPU s/turn cold | warm | both | of which Python | PG+Redis CPU s/turn "
+        "| peak RSS MB | errors "
+        "| rest of machine CPU s | headers p50 ms cold/warm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        store = None if r.store_cpu_s is None else r.store_cpu_s / (2 * r.n)
+        headers = " / ".join(num(1000 * h, 1) for h in r.headers) if r.headers else "-"
+        cells = [
+            r.mode,
+            str(r.n),
+            *(num(r.ms(turns, how)) for turns in ("cold", "warm") for how in ("p50", "max")),
+            *(num(r.cpu_per_turn(phase), 3) for phase in (0, 1, None)),
+            num(r.python_cpu_s / (2 * r.n), 3),
+            num(store, 4),
+            num(r.peak_rss_mb),
+            str(r.errors),
+            num(r.rest_cpu_s, 1),
+            headers,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
-    return url, drop
+
+def targets(rows: list[Row]) -> list[str]:
+    """PASS/MISS of each target for each pair of rows (p50 against p50)."""
+    out = []
+    measured = [r for r in rows if r.mode in ("bare", "copilot")]
+    for bare, served in zip(measured[0::2], measured[1::2], strict=False):
+        for turns, what in (("warm", "warm follow-up"), ("cold", "first turn")):
+            a, b = served.ms(turns, "p50"), bare.ms(turns, "p50")
+            added = None if a is None or b is None else a - b
+            shown = "?" if added is None else f"{added:+.0f}"
+            verdict = "PASS" if added is not None and added < ADDED_MS else "MISS"
+            limit = f"p50; < {ADDED_MS:.0f}"
+            out.append(f"N={bare.n}: {what} adds {shown} ms to first token ({limit}): {verdict}")
+        a, b = served.cpu_per_turn(), bare.cpu_per_turn()
+        added = None if a is None or not b else a / b - 1
+        shown = "?" if added is None else f"{added:+.0%}"
+        verdict = "PASS" if added is not None and added < ADDED_CPU else "MISS"
+        out.append(f"N={bare.n}: CPU per turn adds {shown} (< {ADDED_CPU:.0%}): {verdict}")
+        errors = served.errors + bare.errors
+        out.append(f"N={bare.n}: {errors} errors: {'PASS' if errors == 0 else 'MISS'}")
+    return out
 
 
-async def main(ns: list[int]) -> None:
-    """Run both ways for each N and print the table."""
-    database_url, drop = await bench_database()
-    rows: list[tuple[str, int, dict[str, float]]] = []
-    with running_fake_upstream() as fake, tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        root = Path(tmp)
-        rows = await TurnRows.open(database_url, 8, connect_args(database_url))
-        store = PostgresTranscripts(rows.pool)
-        registry = ToolRegistry()
-        register_builtin_tools(registry)
-        try:
-            base_url = fake.base_url
-            for n in ns:
-                bare = await measure(n, lambda sid: bare_session(base_url, root, sid))
-                rows.append(("bare", n, bare))
-                backend = ClaudeSDKBackend(
-                    SdkSettings(max_live=max(ns), max_retries=0),
-                    model=MODEL, system_prompt="You are a benchmark.",
-                    workspaces=_Workspaces(root / f"ws{n}"), transcripts=store,
-                    toolset=registry_toolset(registry), api_key="bench", base_url=fake.base_url,
-                )  # fmt: skip
-
-                async def one(sid: str, backend: ClaudeSDKBackend = backend) -> list[float]:
-                    await store.pool.execute(
-                        "INSERT INTO chat_sessions (id, user_id) VALUES ($1, 'bench')", sid
-                    )
-                    return await backend_session(backend, sid)
-
+def main() -> None:
+    """Run both rows for each N against one fake upstream; print the table and the targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--profile", type=int, metavar="N", help="then one more copilot run at N under py-spy"
+    )
+    args = parser.parse_args()
+    run_id = uuid.uuid4().hex[:6]
+    out = Path(tempfile.mkdtemp(prefix=f"copilot-bench-sdk-{run_id}-"))
+    root = Path(tempfile.mkdtemp(prefix="cb", dir="/tmp"))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"{psutil.cpu_count()} cores, load average {load}; code {code_version(BENCH.parent)}; "
+        f"N = {args.n}; logs in {out}",
+        flush=True,
+    )
+    port = free_port()
+    run = Run(
+        f"http://127.0.0.1:{port}",
+        root,
+        out,
+        args.database_url,
+        args.redis_url,
+        f"copilot_bench_{run_id}",
+        f"copilot-bench-sdk-{run_id}",
+    )
+    create_database(args.database_url, run.database)
+    argv = [COPILOT, "fake-upstream", "--host", "127.0.0.1", "--port", str(port)]
+    fake = Spawned.start("fake-upstream", argv, clean_env(), out)
+    rows: list[Row] = []
+    try:
+        fake.wait_ready(run.fake_url + "/healthz")
+        for n in args.n:
+            for mode, measure in (("bare", run_bare), ("copilot", run_copilot)):
+                print(f"-- {mode} N={n} ...", end=" ", flush=True)
+                t0 = time.monotonic()
                 try:
-                    rows.append(("backend", n, await measure(n, one)))
-                finally:
-                    await backend.close()
-        finally:
-            await rows.close()
-            await drop()
-    print(f"{'mode':8} {'N':>3} {'cold TTFT ms':>13} {'warm TTFT ms':>13} "
-          f"{'CPU s/turn':>11} {'peak RSS MB':>12}")  # fmt: skip
-    for mode, n, r in rows:
-        print(f"{mode:8} {n:>3} {r['cold_ms']:>13.0f} {r['warm_ms']:>13.0f} "
-              f"{r['cpu_per_turn_s']:>11.3f} {r['peak_rss_mb']:>12.0f}")  # fmt: skip
+                    rows.append(measure(run, n))
+                except Exception as exc:  # reported as a row of errors; the others still run
+                    print(f"FAILED: {type(exc).__name__}: {exc}", end=" ")
+                    rows.append(Row(mode, n, errors=2 * n))
+                print(f"{time.monotonic() - t0:.1f}s, {rows[-1].errors} errors", flush=True)
+        if args.profile:
+            print(f"-- copilot N={args.profile} under py-spy ...", flush=True)
+            rows.append(run_copilot(run, args.profile, resolve_py_spy()))
+    finally:
+        fake.stop()
+        drop_database(args.database_url, run.database)
+        clear_redis(args.redis_url, run.key_prefix)
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(table(rows))
+    print()
+    print("\n".join(targets(rows)))
+    for profile in out.glob("*/profile.txt"):
+        print(f"\nHotspots of copilot serve ({profile}):\n{analyse(profile.read_text())}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 8, 16])
-    asyncio.run(main(parser.parse_args().n))
+    main()
