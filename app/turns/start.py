@@ -220,14 +220,15 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
     events_key = ctx.keys.turn_events(order.session_id, str(turn_id))
-    # Ownership first: another user's session must see no effect at all (no lease taken or
-    # held, no turn stopped, no key or row written) and the same answer as an unknown id.
-    owner = await ctx.services.rows.session_owner(order.session_id)
-    if owner is not None and owner != order.user_id:
-        raise session_not_found(order.session_id)
     admission = Admission(ctx.starts)
     await admission.take()
     try:
+        # Ownership first: another user's session must see no effect at all (no lease taken
+        # or held, no turn stopped, no key or row written) and the same answer as an unknown
+        # id. Checked once admitted, so that a burst does not flood the turns' pool with it.
+        owner = await ctx.services.rows.session_owner(order.session_id)
+        if owner is not None and owner != order.user_id:
+            raise session_not_found(order.session_id)
         lease = await _take_lease(ctx, order, events_key, admission)
         try:
             history, first_message = await _start_rows(ctx, order, turn_id, assistant_id)
