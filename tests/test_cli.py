@@ -23,6 +23,7 @@ from tests.serving import (
     run_copilot,
     serve,
     stream,
+    turns,
     upstream_env,
     wait_until,
 )
@@ -58,6 +59,8 @@ def test_serve_with_nothing_configured_runs_on_embedded_services(tmp_path: Path)
         assert_well_formed(reply)
         assert reply.text == "Echo: hello"
         assert "SIMULATED" in served.log()
+        # A newcomer's first chat runs the real Claude Code CLI, pointed at the fake upstream.
+        assert [t["backend"] for t in turns(http, "kept")] == ["claude_sdk"]
         pids = [c.pid for c in children]
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(30) == 0
