@@ -97,7 +97,6 @@ class TurnRunner:
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.first_visible_at: datetime | None = None
-        self.stop_reason: str | None = None
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
         self._on_started = on_started
@@ -164,9 +163,7 @@ class TurnRunner:
         later (at once for a backend whose stream can simply be dropped)."""
         if self.task is None or self.task.done():
             return False
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.control.request_stop(self.stop_reason)
+        self.control.request_stop(reason)
         if self._started:
             # A task cancelled before its first step would never run `_run`'s `finally`:
             # one that has not started sees `stop_reason` when it does.
@@ -176,6 +173,11 @@ class TurnRunner:
             else:
                 self._loop.call_later(grace, self._cancel_if_running)
         return True
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a stop was asked for (the first reason given), if one was."""
+        return self.control.reason
 
     def _cancel_if_running(self) -> None:
         if self.task is not None and not self.task.done() and self._final_write is None:
