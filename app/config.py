@@ -370,11 +370,20 @@ class SdkSettings(BaseSettings):
     # Patterns denied on top of the built-in ones (`hooks.DEFAULT_DENIED_BASH`).
     denied_bash: list[str] = Field(default_factory=list)
     cli_path: Path | None = None
+    # CLIs booting at once (None: one per CPU, 0: no limit); a boot is ~0.4 s of one core.
+    max_booting: int | None = Field(default=None, ge=0)
 
     @property
     def builtin_tool_names(self) -> list[str]:
         """`builtin_tools` as a list of CLI tool names."""
         return [name.strip() for name in self.builtin_tools.split(",") if name.strip()]
+
+    @property
+    def boot_limit(self) -> int:
+        """CLIs that may boot at once (`max_booting`, else the CPUs this process may use)."""
+        if self.max_booting is not None:
+            return self.max_booting
+        return len(os.sched_getaffinity(0))
 
     def workspaces_root(self, data_dir: Path) -> Path:
         """Where session workspaces live (`COPILOT_WORKSPACES_DIR`, else under the data dir)."""

@@ -44,6 +44,7 @@ from app.backends.claude_sdk.mapping import TurnMapper
 from app.backends.claude_sdk.pool import ClientPool, LiveClient
 from app.backends.claude_sdk.ports import Toolset, Transcripts, Workspace, Workspaces
 from app.backends.claude_sdk.prompt import seed_text, user_content, user_message
+from app.backends.claude_sdk.spawning import BootSlots
 from app.backends.errors import UpstreamError
 from app.backends.events import AgentEvent, TurnControl, TurnRequest
 from app.config import SdkSettings, blanked_server_environment
@@ -84,6 +85,7 @@ class ClaudeSDKBackend:
         self.max_tool_rounds = max_tool_rounds
         self.stop_grace_s = settings.stop_grace_s
         self.pool = ClientPool(settings.max_live, settings.idle_s)
+        self.boots = BootSlots(settings.boot_limit)
 
     def classify(self, exc: BaseException) -> UpstreamError:
         """Map a failure of a turn onto the shared taxonomy."""
@@ -110,18 +112,18 @@ class ClaudeSDKBackend:
         if not request.history or request.history[-1].get("role") != "user":
             raise UpstreamError("invalid_request", "there is no user message to answer")
         live, workspace, seeded = await self._client_for(request)
-        if live.failed_turn == request.turn_id:
-            # The runner retries this turn: its user message is already in the CLI's
-            # transcript (the failed attempt's API error is not sent to the model again).
-            blocks = [{"type": "text", "text": RETRY_NOTE}]
-        else:
-            blocks = user_content(request.history[-1], workspace.path)
-        live.failed_turn = None
-        if seeded:
-            blocks.insert(0, {"type": "text", "text": seed_text(request.history[:-1])})
         mapper = TurnMapper(request.turn_id, request.model, self.toolset.public_name)
         clean = False
         try:
+            if live.failed_turn == request.turn_id:
+                # The runner retries this turn: its user message is already in the CLI's
+                # transcript (the failed attempt's API error is not sent to the model again).
+                blocks = [{"type": "text", "text": RETRY_NOTE}]
+            else:
+                blocks = user_content(request.history[-1], workspace.path)
+            live.failed_turn = None
+            if seeded:
+                blocks.insert(0, {"type": "text", "text": seed_text(request.history[:-1])})
             await live.client.query(_single(user_message(blocks)))
             async for message in self._messages(live, control, mapper):
                 for event in mapper.feed(message):
@@ -143,6 +145,7 @@ class ClaudeSDKBackend:
                 raise error
             yield mapper.finished()
         finally:
+            live.booted()
             if clean:
                 self.pool.put_back(live)
             else:
@@ -190,6 +193,7 @@ class ClaudeSDKBackend:
                     continue
                 item = getter.result()
                 getter = None
+                live.booted()
                 if item is _END:
                     return
                 if isinstance(item, Exception):
@@ -240,13 +244,15 @@ class ClaudeSDKBackend:
     async def _connect(
         self, session_id: str, options: ClaudeAgentOptions, store: Any, request: TurnRequest
     ) -> LiveClient:
+        boot = await self.boots.acquire()
         client = ClaudeSDKClient(options)
         try:
             await client.connect()
         except BaseException:
+            boot.release()
             await asyncio.shield(_disconnect_quietly(client))
             raise
-        live = LiveClient(session_id, client, store, model=request.model)
+        live = LiveClient(session_id, client, store, model=request.model, boot=boot)
         self.pool.adopt(live)
         return live
 

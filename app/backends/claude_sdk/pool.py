@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from claude_agent_sdk import ClaudeSDKClient
 
 from app.backends.claude_sdk.ports import BoundTranscript
+from app.backends.claude_sdk.spawning import BootSlot, cli_pid
 from app.store.transcripts import TranscriptPosition
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,18 @@ class LiveClient:
         """What this client's CLI has seen of the stored transcript."""
         return self.store.position
 
+    boot: BootSlot | None = None  # held from the spawn to the first turn's first message
+
     @property
     def pid(self) -> int | None:
         """The CLI's process id (None once it is gone)."""
-        transport = getattr(self.client, "_transport", None)
-        process = getattr(transport, "_process", None)
-        pid = getattr(process, "pid", None)
-        return pid if isinstance(pid, int) else None
+        return cli_pid(self.client)
+
+    def booted(self) -> None:
+        """The CLI answered (or its first turn ended): let the next boot start."""
+        if self.boot is not None:
+            self.boot.release()
+            self.boot = None
 
     def is_current(self, stored: TranscriptPosition | None) -> bool:
         """Whether the stored transcript is exactly what this client last saw."""
