@@ -390,6 +390,28 @@ class SdkSettings(BaseSettings):
         return self.workspaces_dir or data_dir / "workspaces"
 
 
+class ContextSettings(BaseSettings):
+    """The models' context windows, and how the context ladder makes a conversation fit."""
+
+    model_config = _config("COPILOT_")
+
+    # Tokens of context per model-name prefix (the longest prefix wins; 200,000 otherwise).
+    context_windows: dict[str, int] = Field(default_factory=lambda: {"claude": 200_000})
+    compact_at: float = Field(default=0.8, gt=0, le=1)
+    compact_model: str | None = None
+    compact_timeout_s: float = Field(default=60.0, gt=0)
+    compact_keep_messages: int = Field(default=4, ge=1)
+    compact_summary_tokens: int = Field(default=2048, ge=64)
+
+    def window_for(self, model: str) -> int:
+        """The context window of `model`, in tokens."""
+        best: tuple[int, int] | None = None
+        for prefix, tokens in self.context_windows.items():
+            if model.startswith(prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), tokens)
+        return best[1] if best else 200_000
+
+
 class Settings(BaseModel):
     """Every setting of the service, grouped by concern."""
 
@@ -400,3 +422,4 @@ class Settings(BaseModel):
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     turns: TurnSettings = Field(default_factory=TurnSettings)
     sdk: SdkSettings = Field(default_factory=SdkSettings)
+    context: ContextSettings = Field(default_factory=ContextSettings)

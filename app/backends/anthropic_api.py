@@ -112,6 +112,7 @@ class AnthropicBackend:
     # Dropping a Messages API stream loses nothing the turn has not already seen: a stop
     # cancels the attempt at once.
     stop_grace_s = 0.0
+    manages_context = False  # the stored history is the context: the runner compacts it
 
     def __init__(
         self,

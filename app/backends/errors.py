@@ -16,6 +16,7 @@ ErrorCode = Literal[
     "billing",
     "invalid_request",
     "prompt_too_long",
+    "context_exhausted",
     "max_output_tokens",
     "tool_loop_limit",
     "agent_stalled",
@@ -47,6 +48,10 @@ MESSAGES: dict[str, str] = {
     "billing": "The model provider refused the request for billing reasons.",
     "invalid_request": "The model provider rejected the request.",
     "prompt_too_long": "The conversation is too long for the model's context window.",
+    "context_exhausted": (
+        "This message alone is too long for the model's context window: shorten it, or start a"
+        " new chat."
+    ),
     "max_output_tokens": "The reply reached the maximum output length.",
     "tool_loop_limit": "The agent used too many tool rounds and was stopped.",
     "agent_stalled": "The agent stopped making progress and was stopped.",

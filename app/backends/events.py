@@ -114,6 +114,22 @@ class StatusNote:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class ContextChange:
+    """The model's context was made smaller: a marker stored with the reply (`data-context`),
+    so the UI can say "earlier messages were summarised".
+
+    `method`: "summary" (a model wrote one), "truncation" (the summary failed: the oldest
+    messages were dropped instead), "trim" (the DB-only rung: the newest stored messages that
+    fit) or "cli" (the Claude Code CLI compacted its own transcript). `trigger`: what asked
+    for it ("prompt_too_long", "proactive", or the CLI's own "auto" / "manual")."""
+
+    method: str
+    trigger: str
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+
+
 AgentEvent = (
     StepStart
     | StepEnd
@@ -129,6 +145,7 @@ AgentEvent = (
     | ToolResult
     | UsageReport
     | StatusNote
+    | ContextChange
     | Finished
 )
 
@@ -139,6 +156,11 @@ class TurnRequest:
 
     Nothing here is specific to one backend: each backend holds its own configuration
     (system prompt, output limit, options) and `model` is the backend's own default.
+
+    `context_rung` is the context ladder's rung (`app/context/ladder.py`): 1, the full context
+    (the stored history, or a backend's own transcript); 2 and 3, a context the runner built
+    (compacted, or the newest stored messages that fit) and put in `history`: the backend
+    answers from `history` alone then, never from its own transcript.
     """
 
     session_id: str
@@ -177,6 +199,9 @@ class Backend(Protocol):
     # Seconds the runner waits after `TurnControl.stop` for the attempt to end by itself
     # before cancelling it (0: cancel at once; a Messages API stream can be dropped safely).
     stop_grace_s: float
+    # Whether the full context (rung 1) is the backend's own and kept small by itself (the
+    # CLI's transcript, which it compacts): the runner then never compacts ahead of a call.
+    manages_context: bool
 
     def run(self, request: TurnRequest, control: TurnControl) -> AsyncIterator[AgentEvent]:
         """Stream the events of one attempt."""

@@ -44,6 +44,17 @@ def data_error(
     return {"type": "data-error", "id": "error", "data": data}
 
 
+def data_context(change: Any) -> dict[str, Any]:
+    """A marker, stored with the reply, that the model's context was made smaller
+    (`events.ContextChange`): the UI can show "earlier messages were summarised"."""
+    data: dict[str, Any] = {"method": change.method, "trigger": change.trigger}
+    if change.tokens_before is not None:
+        data["tokensBefore"] = change.tokens_before
+    if change.tokens_after is not None:
+        data["tokensAfter"] = change.tokens_after
+    return {"type": "data-context", "data": data}
+
+
 def error(text: str) -> dict[str, Any]:
     """The protocol's error chunk (the AI SDK surfaces it as the chat's error)."""
     return {"type": "error", "errorText": text}

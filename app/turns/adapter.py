@@ -16,6 +16,7 @@ from typing import Any
 
 from app.backends.events import (
     AgentEvent,
+    ContextChange,
     Finished,
     ReasoningDelta,
     ReasoningEnd,
@@ -162,6 +163,8 @@ class ChunkAdapter:
             self._estimate = event.estimate
         elif isinstance(event, StatusNote):
             self.emit(chunks.data_status(event.status, **event.detail))
+        elif isinstance(event, ContextChange):
+            self.emit(chunks.data_context(event))
         elif isinstance(event, Finished):
             self.end_step()
             self.finished = event

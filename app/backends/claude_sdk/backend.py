@@ -60,6 +60,7 @@ class ClaudeSDKBackend:
     """Runs turns on per-session Claude Code CLI processes, warm between turns."""
 
     name = "claude_sdk"
+    manages_context = True  # the CLI's transcript, which the CLI compacts by itself
 
     def __init__(
         self,
