@@ -84,6 +84,8 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.backends.builtin_tools import register_builtin_tools
     from app.backends.factory import create_backend
     from app.backends.tools import ToolRegistry
+    from app.context.compactor import Compactor
+    from app.context.ladder import ContextLadder
     from app.stream.eventlog import EventLogWriter
     from app.turns.maintenance import TurnMaintenance
     from app.turns.registry import TurnRegistry
@@ -122,11 +124,13 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         eventlog.start()
         stack.push_async_callback(eventlog.close)
         registry = TurnRegistry()
+        compactor = Compactor(settings.context, client, state.turn_rows.pool)
         services = TurnServices(
             rows=state.turn_rows,
             settings=settings.turns,
             eventlog=eventlog,
             backend=backend,
+            ladder=ContextLadder(settings.context, compactor),
             on_done=[registry.done],
         )
         titles = None

@@ -107,6 +107,9 @@ class AttemptOut(BaseModel):
 
     number: int
     context_rung: int
+    reason: str | None = None  # why it ran at its rung: retry, prompt_too_long, proactive
+    tokens_before: int | None = None  # the context's estimated tokens before its rung shrank it
+    tokens_after: int | None = None
     error_code: str | None
     started_at: datetime
     finished_at: datetime | None

@@ -80,6 +80,9 @@ def _turn_out(row: Turn, attempts: list[TurnAttempt]) -> TurnOut:
             AttemptOut(
                 number=a.number,
                 context_rung=a.context_rung,
+                reason=a.reason,
+                tokens_before=a.tokens_before,
+                tokens_after=a.tokens_after,
                 error_code=a.error_code,
                 started_at=a.started_at,
                 finished_at=a.finished_at,

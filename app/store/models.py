@@ -128,8 +128,32 @@ class TurnAttempt(Base):
     number: Mapped[int] = mapped_column(Integer)
     context_rung: Mapped[int] = mapped_column(Integer, default=1)
     error_code: Mapped[str | None] = mapped_column(String(64))
+    # Why the attempt ran at its rung ("retry", "prompt_too_long", "proactive"), and the
+    # context's estimated tokens before and after the rung made it smaller.
+    reason: Mapped[str | None] = mapped_column(String(32))
+    tokens_before: Mapped[int | None] = mapped_column(Integer)
+    tokens_after: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ContextCompaction(Base):
+    """A summary of a session's stored messages up to `through_message_id` (that one
+    included): later turns send it instead of those messages. The newest one counts; older
+    ones stay as a record."""
+
+    __tablename__ = "context_compactions"
+    __table_args__ = (Index("ix_context_compactions_session", "session_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("chat_sessions.id", ondelete="CASCADE"))
+    turn_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    through_message_id: Mapped[str] = mapped_column(String(128))
+    summary: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(16))
+    tokens_before: Mapped[int | None] = mapped_column(Integer)
+    tokens_after: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class TranscriptEntry(Base):

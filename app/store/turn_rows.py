@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.store.compactions import summary_message
 from app.store.usage import Usage
 
 _START = """
@@ -49,9 +50,19 @@ WITH sess AS (
                        backend, model, replica_id)
     SELECT $3::uuid, $1, $4, $7, 'submit-message', 'running', $8, $9, $10
     FROM sess
+), compaction AS (
+    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
+    FROM context_compactions c
+    LEFT JOIN chat_messages t ON t.session_id = c.session_id
+        AND t.message_id = c.through_message_id
+    WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
 )
-SELECT sess.title, m.message_id, m.role, m.parts, m.metadata, m.created_at
-FROM sess LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
+SELECT sess.title, compaction.id AS compaction_id, compaction.summary,
+       m.message_id, m.role, m.parts, m.metadata, m.created_at
+FROM sess
+LEFT JOIN compaction ON true
+LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
+    AND m.seq > coalesce(compaction.through_seq, 0)
 ORDER BY m.seq
 """
 
@@ -85,11 +96,13 @@ WITH fence AS (
     WHERE id = $2::uuid AND finished_at IS NULL
     RETURNING id
 ), attempt_rows AS (
-    INSERT INTO turn_attempts (turn_id, number, context_rung, started_at, finished_at, error_code)
-    SELECT turn.id, a.number, a.context_rung, a.started_at, a.finished_at, a.error_code
+    INSERT INTO turn_attempts (turn_id, number, context_rung, started_at, finished_at, error_code,
+                               reason, tokens_before, tokens_after)
+    SELECT turn.id, a.number, a.context_rung, a.started_at, a.finished_at, a.error_code,
+           a.reason, a.tokens_before, a.tokens_after
     FROM turn, jsonb_to_recordset($12::jsonb) AS a(
         number int, context_rung int, started_at timestamptz, finished_at timestamptz,
-        error_code text)
+        error_code text, reason text, tokens_before int, tokens_after int)
 )
 UPDATE chat_sessions SET
     input_tokens = input_tokens + $17, output_tokens = output_tokens + $18,
@@ -265,15 +278,24 @@ class TurnRows:
             return None  # the message id is taken: a retried POST
         if not rows:
             return None
+        opening = []
+        if rows[0]["compaction_id"] is not None:
+            opening.append(summary_message(rows[0]["compaction_id"], rows[0]["summary"]))
         history = [
-            {
-                "id": row["message_id"],
-                "role": row["role"],
-                "parts": row["parts"],
-                "metadata": {**(row["metadata"] or {}), "createdAt": row["created_at"].isoformat()},
-            }
-            for row in rows
-            if row["message_id"] is not None
+            *opening,
+            *(
+                {
+                    "id": row["message_id"],
+                    "role": row["role"],
+                    "parts": row["parts"],
+                    "metadata": {
+                        **(row["metadata"] or {}),
+                        "createdAt": row["created_at"].isoformat(),
+                    },
+                }
+                for row in rows
+                if row["message_id"] is not None
+            ),
         ]
         return StartedTurn(title=rows[0]["title"], history=history)
 

@@ -37,6 +37,9 @@ class Attempt:
     started_at: datetime
     finished_at: datetime | None = None
     error_code: str | None = None
+    reason: str | None = None  # why it ran at its rung: "retry", "prompt_too_long", ...
+    tokens_before: int | None = None  # the context, before and after its rung shrank it
+    tokens_after: int | None = None
 
     def as_row(self, finished_at: datetime) -> dict[str, Any]:
         """The attempt as stored in `turn_attempts`."""
@@ -46,6 +49,9 @@ class Attempt:
             "started_at": self.started_at,
             "finished_at": self.finished_at or finished_at,
             "error_code": self.error_code,
+            "reason": self.reason,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
         }
 
 

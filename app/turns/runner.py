@@ -20,8 +20,9 @@ from decimal import Decimal
 from typing import Any
 
 from app.backends.errors import UpstreamError
-from app.backends.events import Backend, TurnControl, TurnRequest
+from app.backends.events import Backend, TurnControl, TurnRequest, UsageReport
 from app.config import TurnSettings
+from app.context.ladder import COMPACTED_RUNG, DB_ONLY_RUNG, ContextLadder
 from app.coord.lock import Lease
 from app.store.turn_rows import TurnEnd, TurnRows
 from app.stream import chunks
@@ -41,7 +42,6 @@ INTERRUPTIONS = {
     "shutdown": "the server shut down mid-reply",
     "lease_lost": "the session's lease was lost: another turn may have taken over",
 }
-DB_ONLY_RUNG = 3  # the context ladder's last rung: a fresh context from the stored messages
 YIELD_EVERY = 32  # backend events handled between two turns of the event loop, at most
 
 
@@ -63,6 +63,7 @@ class TurnServices:
     settings: TurnSettings
     eventlog: EventLogWriter
     backend: Backend
+    ladder: ContextLadder | None = None
     on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
     observers: list[TurnObserver] = field(default_factory=lambda: [MetricsObserver()])
 
@@ -94,6 +95,8 @@ class TurnRunner:
         self.adapter = ChunkAdapter(self._emit)
         self.outcome = TurnOutcome()
         self.attempts: list[Attempt] = []
+        # The tokens before and after the last climb of the context ladder, for its attempt.
+        self._climbed: tuple[int | None, int | None] = (None, None)
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.first_visible_at: datetime | None = None
@@ -218,10 +221,21 @@ class TurnRunner:
 
     async def _attempts(self) -> None:
         policy = RetryPolicy.from_settings(self.services.settings)
+        loaded = list(self.request.history)  # the DB-only rung starts from it
+        reason = None
+        if self._compacts_ahead():
+            reason = "proactive"
+            if not await self._climb(COMPACTED_RUNG, reason, loaded):
+                return
         number = 0
         while True:
             number += 1
             attempt = Attempt(number, self.request.context_rung, datetime.now(UTC))
+            attempt.reason = reason or ("retry" if number > 1 else None)
+            if reason is not None:  # it runs on the context a climb just built
+                attempt.tokens_before, attempt.tokens_after = self._climbed
+                self._climbed = (None, None)
+            reason = None
             self.attempts.append(attempt)
             try:
                 handled = 0
@@ -243,6 +257,11 @@ class TurnRunner:
                 self._attempt_ended(attempt)
                 attempt.error_code = error.code
                 self.adapter.end_step()
+                if self._may_climb(error):
+                    reason = error.code
+                    if await self._climb(self.request.context_rung + 1, reason, loaded):
+                        continue
+                    return
                 delay = None
                 if error.retryable and not self.adapter.visible and self.stop_reason is None:
                     elapsed = time.monotonic() - self.started
@@ -261,6 +280,47 @@ class TurnRunner:
                     await asyncio.wait_for(self.control.stop.wait(), delay)
                 if self.stop_reason is not None:
                     return
+
+    # -- the context ladder (app/context/ladder.py) ------------------------------------------
+
+    def _compacts_ahead(self) -> bool:
+        """Compact before the first call: the history is the context and is past the target."""
+        ladder = self.services.ladder
+        return (
+            ladder is not None
+            and not self.services.backend.manages_context
+            and self.request.context_rung == 1
+            and ladder.over_target(self.request)
+        )
+
+    def _may_climb(self, error: UpstreamError) -> bool:
+        return (
+            error.code == "prompt_too_long"
+            and self.services.ladder is not None
+            and not self.adapter.visible
+            and self.stop_reason is None
+        )
+
+    async def _climb(self, rung: int, reason: str, loaded: list[dict[str, Any]]) -> bool:
+        """Move the request to `rung` (or past it); False when the turn ended instead
+        (`context_exhausted`)."""
+        ladder = self.services.ladder
+        assert ladder is not None
+        if rung <= DB_ONLY_RUNG:
+            self._emit(chunks.data_status("compacting", rung=rung, reason=reason))
+            climb = await ladder.climb(self.request, rung, reason, loaded)
+        else:
+            climb = None
+        if climb is None or climb.exhausted:
+            self._fail(UpstreamError("context_exhausted", "the message alone exceeds the window"))
+            return False
+        if climb.usage is not None:
+            self.adapter.handle(UsageReport(climb.usage, climb.model))
+        if climb.change is not None:
+            self.adapter.handle(climb.change)
+            self._climbed = (climb.change.tokens_before, climb.change.tokens_after)
+        log.info("turn %s: context rung %d (%s)", self.turn_id, climb.rung, reason)
+        return True
 
     def _attempt_ended(self, attempt: Attempt) -> None:
         attempt.finished_at = datetime.now(UTC)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
 from app.errors import Conflict, InvalidInput
+from app.store.compactions import context_history
 from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository, session_not_found
@@ -184,7 +185,10 @@ async def _start_rows(
             )
             await sessions.set_active_turn(order.session_id, None)
         user_message_id = await _place_user_message(messages, order, turn_id)
-        history = [as_ui_message(m) for m in await messages.history(order.session_id)]
+        history = [
+            m if isinstance(m, dict) else as_ui_message(m)
+            for m in await context_history(db, order.session_id)
+        ]
         await messages.append(
             order.session_id,
             message_id=assistant_id,

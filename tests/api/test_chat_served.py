@@ -255,11 +255,11 @@ def test_regenerating_an_older_message_is_409(http: httpx.Client) -> None:
         ("[[fake:error status=401]]", "auth_failed", False),
         ("[[fake:error status=403]]", "auth_failed", False),
         ("[[fake:error status=404]]", "invalid_request", False),
-        ("[[fake:error status=413]]", "prompt_too_long", False),
+        ("[[fake:error status=413]]", "context_exhausted", False),
         ("[[fake:error status=429 retry_after=0.01]]", "rate_limited", True),
         ("[[fake:error status=500]]", "upstream_unavailable", True),
         ("[[fake:error status=529]]", "overloaded", True),
-        ("[[fake:echo context=10]] " + "long " * 50, "prompt_too_long", False),
+        ("[[fake:echo context=10]] " + "long " * 50, "context_exhausted", False),
         ("[[fake:error status=529 after=2]]", "overloaded", True),
     ],
 )
