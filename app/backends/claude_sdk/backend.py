@@ -47,7 +47,7 @@ from app.backends.claude_sdk.prompt import seed_text, user_content, user_message
 from app.backends.claude_sdk.spawning import BootSlots
 from app.backends.errors import UpstreamError
 from app.backends.events import AgentEvent, TurnControl, TurnRequest
-from app.config import SdkSettings, blanked_server_environment
+from app.config import ContextSettings, SdkSettings, blanked_server_environment
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ class ClaudeSDKBackend:
         api_key: str | None = None,
         base_url: str | None = None,
         max_tool_rounds: int = 8,
+        context: ContextSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.context = context or ContextSettings()
         self.model = model
         self.system_prompt = system_prompt
         self.workspaces = workspaces
@@ -271,6 +273,7 @@ class ClaudeSDKBackend:
             **workspace.env(),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "CLAUDE_CODE_MAX_RETRIES": str(self.settings.max_retries),
+            **compaction_env(self.context, request.model),
         }
         if self.api_key:
             env["ANTHROPIC_API_KEY"] = self.api_key
@@ -296,6 +299,15 @@ class ClaudeSDKBackend:
             cli_path=self.settings.cli_path,
             stderr=lambda line: log.debug("claude cli: %s", line.rstrip()),
         )
+
+
+def compaction_env(context: ContextSettings, model: str) -> dict[str, str]:
+    """When the CLI compacts its transcript: at `compact_at` of the model's window, the window
+    read from the same settings as the other backend's."""
+    return {
+        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(context.window_for(model)),
+        "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": str(max(1, round(context.compact_at * 100))),
+    }
 
 
 async def _single(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

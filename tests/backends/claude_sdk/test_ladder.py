@@ -1,0 +1,64 @@
+"""The context ladder on the claude_sdk backend: the real bundled CLI, the fake upstream, real
+Postgres. The CLI compacts at the window of the context settings, and its compactions are
+markers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psutil
+import pytest
+
+from app.backends.events import AgentEvent, ContextChange, Finished, TextDelta
+from app.config import ContextSettings
+from tests.backends.claude_sdk.conftest import BackendFactory, collect, request, user
+
+pytestmark = pytest.mark.claude_cli
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"id": f"a-{text[:8]}", "role": "assistant", "parts": [{"type": "text", "text": text}]}
+
+
+def _text(events: list[AgentEvent]) -> str:
+    return "".join(e.delta for e in events if isinstance(e, TextDelta))
+
+
+async def test_a_compaction_by_the_cli_is_a_context_change_and_its_summary_is_not_shown(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    # The CLI compacts at 1% of the window (~2,000 tokens): after two or three long turns.
+    backend = make_backend(context=ContextSettings(compact_at=0.01))
+    history: list[dict[str, Any]] = []
+    changes: list[ContextChange] = []
+    for turn in range(5):
+        history.append(user(f"turn {turn} " + "lorem ipsum dolor " * 100))
+        events = await collect(backend, request(session_id, *history))
+        assert events[-1] == Finished("stop")
+        assert _text(events).startswith(f"Echo: turn {turn} lorem")  # never the summary
+        changes += [e for e in events if isinstance(e, ContextChange)]
+        if changes:
+            break
+        history.append(_assistant(_text(events)))
+    assert len(changes) == 1
+    change = changes[0]
+    assert (change.method, change.trigger) == ("cli", "auto")
+    assert change.tokens_before is not None
+    assert change.tokens_after is not None
+    assert change.tokens_before > change.tokens_after > 0
+    assert session_id in backend.pool.idle  # a compaction leaves the CLI warm
+
+
+async def test_the_cli_compacts_at_the_window_and_threshold_of_the_context_settings(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    context = ContextSettings(
+        context_windows={"claude": 200_000, "claude-test": 150_000}, compact_at=0.75
+    )
+    backend = make_backend(context=context)
+    await collect(backend, request(session_id, user("hello")))
+    pid = backend.pool.idle[session_id].pid
+    assert pid is not None
+    env = psutil.Process(pid).environ()
+    assert env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "150000"
+    assert env["CLAUDE_AUTOCOMPACT_PCT_OVERRIDE"] == "75"
