@@ -6,6 +6,13 @@ our `SessionStore`: the SDK loads the entries and writes them into a temporary c
 CLI resumes from), else starts a fresh CLI session; one that had history to lose is seeded with
 a text rendering of it and marks `request.extra["fresh_session"] = True` for the runner.
 
+The context ladder (`TurnRequest.context_rung`): rung 1 is the CLI's own transcript, which the
+CLI compacts by itself at `compact_at` of the model's window (`compaction_env`: the same
+`ContextSettings` as the other backend; each compaction is a `ContextChange`, `mapping.py`).
+On rungs 2 and 3 the runner has put a context of its own in `history` (compacted, or the
+newest messages that fit): the session's warm CLI is closed and a fresh CLI session, in a new
+transcript generation, is seeded with it.
+
 Reading: the SDK's stream is read by a pump task that is never cancelled while a read is
 pending (cancelling its `__anext__` loses messages); the turn waits on a queue with the idle
 timeout instead. A stop (`TurnControl.stop`) is `interrupt()`: the CLI ends the turn with a
@@ -126,7 +133,8 @@ class ClaudeSDKBackend:
                 blocks = user_content(request.history[-1], workspace.path)
             live.failed_turn = None
             if seeded:
-                blocks.insert(0, {"type": "text", "text": seed_text(request.history[:-1])})
+                seed = seed_text(request.history[:-1], shortened=request.context_rung >= 2)
+                blocks.insert(0, {"type": "text", "text": seed})
             await live.client.query(_single(user_message(blocks)))
             async for message in self._messages(live, control, mapper):
                 for event in mapper.feed(message):
@@ -218,18 +226,23 @@ class ClaudeSDKBackend:
 
     async def _client_for(self, request: TurnRequest) -> tuple[LiveClient, Workspace, bool]:
         """A client for the session: warm if current, else resumed, else fresh; and whether
-        the fresh one must be seeded with the history."""
+        the fresh one must be seeded with the history. On the ladder's rungs 2 and 3 always
+        fresh, seeded with the context the runner built."""
         session_id = request.session_id
+        rebuilt = request.context_rung >= 2
         stored = await self.transcripts.position(session_id)
         workspace = self.workspaces.for_session(session_id)
         live = self.pool.take(session_id)
         if live is not None:
-            if live.is_current(stored) and live.model == request.model:
+            if not rebuilt and live.is_current(stored) and live.model == request.model:
                 return live, workspace, False
-            log.info("session %s: the warm CLI is stale; resuming from the store", session_id)
+            if rebuilt:
+                log.info("session %s: rung %d; a fresh CLI", session_id, request.context_rung)
+            else:
+                log.info("session %s: the warm CLI is stale; resuming from the store", session_id)
             self.pool.discard(live)
         workspace.cleanup_leftovers()
-        if stored is not None and stored.cli_session_id:
+        if not rebuilt and stored is not None and stored.cli_session_id:
             store = self.transcripts.bind(session_id, stored)
             options = self._options(request, workspace, store, resume=stored.cli_session_id)
             try:
@@ -240,7 +253,7 @@ class ClaudeSDKBackend:
         options = self._options(request, workspace, store, session_id=str(uuid.uuid4()))
         live = await self._connect(session_id, options, store, request)
         seeded = len(request.history) > 1
-        if seeded or stored is not None:
+        if not rebuilt and (seeded or stored is not None):  # on rungs 2-3 the runner knows
             request.extra["fresh_session"] = True
         return live, workspace, seeded
 

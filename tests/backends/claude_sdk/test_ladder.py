@@ -1,6 +1,6 @@
 """The context ladder on the claude_sdk backend: the real bundled CLI, the fake upstream, real
-Postgres. The CLI compacts at the window of the context settings, and its compactions are
-markers."""
+Postgres. Rungs 2 and 3 start a fresh CLI from the runner's context, the CLI compacts at the
+window of the context settings, and its compactions are markers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 import psutil
 import pytest
 
-from app.backends.events import AgentEvent, ContextChange, Finished, TextDelta
+from app.backends.events import AgentEvent, ContextChange, Finished, TextDelta, TurnRequest
 from app.config import ContextSettings
-from tests.backends.claude_sdk.conftest import BackendFactory, collect, request, user
+from app.devtools.fake_upstream import FakeUpstreamHandle
+from app.store.transcripts import PostgresTranscripts
+from tests.backends.claude_sdk.conftest import MODEL, BackendFactory, collect, request, user
 
 pytestmark = pytest.mark.claude_cli
 
@@ -22,6 +24,61 @@ def _assistant(text: str) -> dict[str, Any]:
 
 def _text(events: list[AgentEvent]) -> str:
     return "".join(e.delta for e in events if isinstance(e, TextDelta))
+
+
+def _sent_since(fake: FakeUpstreamHandle, count: int) -> str:
+    """What the model was sent in the requests after the first `count`."""
+    return str([r["json"]["messages"] for r in fake.requests("/v1/messages")[count:]])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+RUNG_HISTORIES = {
+    2: [user("Summary of the conversation so far: the user chose the word tangerine.")],
+    3: [user("my word is tangerine"), _assistant("Noted: tangerine.")],
+}
+
+
+@pytest.mark.parametrize("rung", [2, 3])
+async def test_a_lower_rung_answers_from_the_history_in_a_fresh_cli_even_when_one_is_warm(
+    make_backend: BackendFactory,
+    session_id: str,
+    fake: FakeUpstreamHandle,
+    transcripts: PostgresTranscripts,
+    rung: int,
+) -> None:
+    backend = make_backend()
+    await collect(backend, request(session_id, user("my word is pelican")))
+    warm_pid = backend.pool.idle[session_id].pid
+    assert warm_pid is not None
+    before = await transcripts.position(session_id)
+    assert before is not None
+    sent = len(fake.requests("/v1/messages"))
+    history = [*RUNG_HISTORIES[rung], user("which word?")]
+    req = TurnRequest(session_id, "turn-rung", history, MODEL, context_rung=rung)
+    events = await collect(backend, req)
+    assert events[-1] == Finished("stop")
+    assert _text(events) == "Echo: which word?"
+    assert "fresh_session" not in req.extra  # the runner records the rung itself
+    model_saw = _sent_since(fake, sent)
+    assert "tangerine" in model_saw
+    assert "pelican" not in model_saw  # the old transcript is not used
+    live = backend.pool.idle[session_id]
+    assert live.pid != warm_pid
+    await backend.pool.drain()
+    assert _gone(warm_pid)
+    after = await transcripts.position(session_id)
+    assert after is not None
+    assert after.generation == before.generation + 1
+    # the fresh CLI is the session's warm one from now on
+    follow = await collect(backend, request(session_id, *history, _assistant("x"), user("more")))
+    assert follow[-1] == Finished("stop")
+    assert backend.pool.idle[session_id].pid == live.pid
 
 
 async def test_a_compaction_by_the_cli_is_a_context_change_and_its_summary_is_not_shown(
