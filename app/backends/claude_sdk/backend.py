@@ -11,7 +11,8 @@ CLI compacts by itself at `compact_at` of the model's window (`compaction_env`: 
 `ContextSettings` as the other backend; each compaction is a `ContextChange`, `mapping.py`).
 On rungs 2 and 3 the runner has put a context of its own in `history` (compacted, or the
 newest messages that fit): the session's warm CLI is closed and a fresh CLI session, in a new
-transcript generation, is seeded with it.
+transcript generation, is seeded with it. A turn that ends with `prompt_too_long` discards its
+CLI: its transcript no longer fits, and it would send the same one again.
 
 Reading: the SDK's stream is read by a pump task that is never cancelled while a read is
 pending (cancelling its `__anext__` loses messages); the turn waits on a queue with the idle
@@ -149,8 +150,12 @@ class ClaudeSDKBackend:
                 for event in mapper.close():
                     yield event
                 raise UpstreamError("upstream_unavailable", "the CLI ended without a result")
-            clean = True
             error = mapper.error()
+            if error is not None and error.code == "prompt_too_long":
+                # The transcript no longer fits and every later turn would send it again:
+                # this CLI is stuck for good; the runner's next rung starts a fresh one.
+                raise error
+            clean = True
             if error is not None:
                 live.failed_turn = request.turn_id
                 raise error

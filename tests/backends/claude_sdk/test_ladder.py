@@ -1,6 +1,6 @@
 """The context ladder on the claude_sdk backend: the real bundled CLI, the fake upstream, real
-Postgres. Rungs 2 and 3 start a fresh CLI from the runner's context, the CLI compacts at the
-window of the context settings, and its compactions are markers."""
+Postgres. Rungs 2 and 3 start a fresh CLI from the runner's context, a CLI stuck on
+`prompt_too_long` is never used again, and the CLI's own compactions are markers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import psutil
 import pytest
 
+from app.backends.errors import UpstreamError
 from app.backends.events import AgentEvent, ContextChange, Finished, TextDelta, TurnRequest
 from app.config import ContextSettings
 from app.devtools.fake_upstream import FakeUpstreamHandle
@@ -79,6 +80,33 @@ async def test_a_lower_rung_answers_from_the_history_in_a_fresh_cli_even_when_on
     follow = await collect(backend, request(session_id, *history, _assistant("x"), user("more")))
     assert follow[-1] == Finished("stop")
     assert backend.pool.idle[session_id].pid == live.pid
+
+
+async def test_a_cli_that_ends_a_turn_with_prompt_too_long_is_never_used_again(
+    make_backend: BackendFactory, session_id: str
+) -> None:
+    backend = make_backend()
+    first = user("hello there")
+    await collect(backend, request(session_id, first))
+    stuck_pid = backend.pool.idle[session_id].pid
+    assert stuck_pid is not None
+    too_long = request(session_id, first, user("[[fake:text context=50]] " + "word " * 80))
+    with pytest.raises(UpstreamError) as caught:
+        await collect(backend, too_long)
+    # (the CLI compacted and retried by itself first; its compacted transcript still holds the
+    # message with the directive, so it can never fit again)
+    assert caught.value.code == "prompt_too_long"
+    assert session_id not in backend.pool.idle
+    assert not backend.pool.busy
+    await backend.pool.drain()
+    assert _gone(stuck_pid)
+    # the runner's next rung (the directive that forced the failure left out of its context)
+    history = [user("Summary: the user said hello there."), user("short again")]
+    retry = TurnRequest(session_id, too_long.turn_id, history, MODEL, context_rung=2)
+    events = await collect(backend, retry)
+    assert events[-1] == Finished("stop")
+    assert _text(events) == "Echo: short again"  # the message itself, not the retry note
+    assert backend.pool.idle[session_id].pid not in (None, stuck_pid)
 
 
 async def test_a_compaction_by_the_cli_is_a_context_change_and_its_summary_is_not_shown(
