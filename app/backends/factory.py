@@ -84,4 +84,5 @@ def _claude_sdk(
         api_key=client.api_key,
         base_url=str(client.base_url).rstrip("/"),
         max_tool_rounds=settings.turns.max_tool_rounds,
+        context=settings.context,
     )

@@ -6,6 +6,14 @@ our `SessionStore`: the SDK loads the entries and writes them into a temporary c
 CLI resumes from), else starts a fresh CLI session; one that had history to lose is seeded with
 a text rendering of it and marks `request.extra["fresh_session"] = True` for the runner.
 
+The context ladder (`TurnRequest.context_rung`): rung 1 is the CLI's own transcript, which the
+CLI compacts by itself at `compact_at` of the model's window (`compaction_env`: the same
+`ContextSettings` as the other backend; each compaction is a `ContextChange`, `mapping.py`).
+On rungs 2 and 3 the runner has put a context of its own in `history` (compacted, or the
+newest messages that fit): the session's warm CLI is closed and a fresh CLI session, in a new
+transcript generation, is seeded with it. A turn that ends with `prompt_too_long` discards its
+CLI: its transcript no longer fits, and it would send the same one again.
+
 Reading: the SDK's stream is read by a pump task that is never cancelled while a read is
 pending (cancelling its `__anext__` loses messages); the turn waits on a queue with the idle
 timeout instead. A stop (`TurnControl.stop`) is `interrupt()`: the CLI ends the turn with a
@@ -47,7 +55,7 @@ from app.backends.claude_sdk.prompt import seed_text, user_content, user_message
 from app.backends.claude_sdk.spawning import BootSlots
 from app.backends.errors import UpstreamError
 from app.backends.events import AgentEvent, TurnControl, TurnRequest
-from app.config import SdkSettings, blanked_server_environment
+from app.config import ContextSettings, SdkSettings, blanked_server_environment
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +82,10 @@ class ClaudeSDKBackend:
         api_key: str | None = None,
         base_url: str | None = None,
         max_tool_rounds: int = 8,
+        context: ContextSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.context = context or ContextSettings()
         self.model = model
         self.system_prompt = system_prompt
         self.workspaces = workspaces
@@ -124,7 +134,8 @@ class ClaudeSDKBackend:
                 blocks = user_content(request.history[-1], workspace.path)
             live.failed_turn = None
             if seeded:
-                blocks.insert(0, {"type": "text", "text": seed_text(request.history[:-1])})
+                seed = seed_text(request.history[:-1], shortened=request.context_rung >= 2)
+                blocks.insert(0, {"type": "text", "text": seed})
             await live.client.query(_single(user_message(blocks)))
             async for message in self._messages(live, control, mapper):
                 for event in mapper.feed(message):
@@ -139,8 +150,12 @@ class ClaudeSDKBackend:
                 for event in mapper.close():
                     yield event
                 raise UpstreamError("upstream_unavailable", "the CLI ended without a result")
-            clean = True
             error = mapper.error()
+            if error is not None and error.code == "prompt_too_long":
+                # The transcript no longer fits and every later turn would send it again:
+                # this CLI is stuck for good; the runner's next rung starts a fresh one.
+                raise error
+            clean = True
             if error is not None:
                 live.failed_turn = request.turn_id
                 raise error
@@ -216,18 +231,23 @@ class ClaudeSDKBackend:
 
     async def _client_for(self, request: TurnRequest) -> tuple[LiveClient, Workspace, bool]:
         """A client for the session: warm if current, else resumed, else fresh; and whether
-        the fresh one must be seeded with the history."""
+        the fresh one must be seeded with the history. On the ladder's rungs 2 and 3 always
+        fresh, seeded with the context the runner built."""
         session_id = request.session_id
+        rebuilt = request.context_rung >= 2
         stored = await self.transcripts.position(session_id)
         workspace = self.workspaces.for_session(session_id)
         live = self.pool.take(session_id)
         if live is not None:
-            if live.is_current(stored) and live.model == request.model:
+            if not rebuilt and live.is_current(stored) and live.model == request.model:
                 return live, workspace, False
-            log.info("session %s: the warm CLI is stale; resuming from the store", session_id)
+            if rebuilt:
+                log.info("session %s: rung %d; a fresh CLI", session_id, request.context_rung)
+            else:
+                log.info("session %s: the warm CLI is stale; resuming from the store", session_id)
             self.pool.discard(live)
         workspace.cleanup_leftovers()
-        if stored is not None and stored.cli_session_id:
+        if not rebuilt and stored is not None and stored.cli_session_id:
             store = self.transcripts.bind(session_id, stored)
             options = self._options(request, workspace, store, resume=stored.cli_session_id)
             try:
@@ -238,7 +258,7 @@ class ClaudeSDKBackend:
         options = self._options(request, workspace, store, session_id=str(uuid.uuid4()))
         live = await self._connect(session_id, options, store, request)
         seeded = len(request.history) > 1
-        if seeded or stored is not None:
+        if not rebuilt and (seeded or stored is not None):  # on rungs 2-3 the runner knows
             request.extra["fresh_session"] = True
         return live, workspace, seeded
 
@@ -271,6 +291,7 @@ class ClaudeSDKBackend:
             **workspace.env(),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "CLAUDE_CODE_MAX_RETRIES": str(self.settings.max_retries),
+            **compaction_env(self.context, request.model),
         }
         if self.api_key:
             env["ANTHROPIC_API_KEY"] = self.api_key
@@ -296,6 +317,15 @@ class ClaudeSDKBackend:
             cli_path=self.settings.cli_path,
             stderr=lambda line: log.debug("claude cli: %s", line.rstrip()),
         )
+
+
+def compaction_env(context: ContextSettings, model: str) -> dict[str, str]:
+    """When the CLI compacts its transcript: at `compact_at` of the model's window, the window
+    read from the same settings as the other backend's."""
+    return {
+        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(context.window_for(model)),
+        "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": str(max(1, round(context.compact_at * 100))),
+    }
 
 
 async def _single(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -18,6 +18,15 @@ at the `ResultMessage` whatever its per-turn `usage` holds beyond that (calls th
 stream: the non-streaming retry, the CLI's own compaction). `total_cost_usd` and
 `model_usage` are cumulative over a CLI process and restart at zero after a resume: never used.
 
+The CLI's own compaction (measured with the bundled CLI 2.1.330): a `status` message with
+`status: "compacting"` (a transient `data-status`; it comes even when the CLI then finds too
+little to compact), then, when it compacted, a `compact_boundary` message whose
+`compact_metadata` holds `trigger` ("auto" or "manual"), `pre_tokens` and `post_tokens`: that
+becomes a `ContextChange(method="cli")`, stored with the reply. Next comes a `UserMessage`
+holding the CLI's summary (`isCompactSummary` in its transcript; the SDK drops the flag): a
+user message's text is never chat content, only its tool results are. The summary's model
+call does not stream.
+
 API errors never raise from a `ClaudeSDKClient`: they arrive as a synthetic `AssistantMessage`
 (model `<synthetic>`, `error` set, its text a message for a terminal user: never shown) and
 a `ResultMessage` with `is_error` (its `subtype` says "success" even then).
@@ -47,6 +56,7 @@ from claude_agent_sdk import (
 from app.backends.errors import ErrorCode, UpstreamError, code_for_status
 from app.backends.events import (
     AgentEvent,
+    ContextChange,
     Finished,
     ReasoningDelta,
     ReasoningEnd,
@@ -355,6 +365,8 @@ class TurnMapper:
         return events
 
     def _tool_results(self, message: UserMessage) -> list[AgentEvent]:
+        """The tool results a user message carries; its text (the CLI's summary after a
+        compaction, a replayed prompt) is the CLI's, never shown."""
         if isinstance(message.content, str):
             return []
         events: list[AgentEvent] = []
@@ -392,7 +404,14 @@ class TurnMapper:
         if message.subtype == "compact_boundary":
             self.compactions += 1
             meta = data.get("compact_metadata") or {}
-            return [StatusNote("compacted", {k: v for k, v in meta.items() if v is not None})]
+            return [
+                ContextChange(
+                    "cli",
+                    str(meta.get("trigger") or "auto"),
+                    _count(meta.get("pre_tokens")),
+                    _count(meta.get("post_tokens")),
+                )
+            ]
         if message.subtype == "mirror_error":
             log.warning("transcript mirror failed: %s", data.get("error"))
         return []
@@ -407,6 +426,11 @@ class TurnMapper:
             return []
         self.reported.add(grown)
         return [UsageReport(grown, self.model)]
+
+
+def _count(value: Any) -> int | None:
+    """A token count from the CLI's metadata (None when absent or not a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _minus(a: Usage, b: Usage) -> Usage:

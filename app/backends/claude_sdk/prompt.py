@@ -9,7 +9,8 @@ CLI's file tools can read them.
 When the CLI starts without its transcript (none stored, or unreadable) while the session has
 history, the first prompt carries a compact text rendering of that history (`seed_text`),
 newest last and cut from the oldest end at `SEED_MAX_CHARS`: the model knows what was said, if
-not every tool call's bytes. The context ladder can do better; this keeps a turn from failing.
+not every tool call's bytes. On the context ladder's rungs 2 and 3 the history is the context
+the runner made fit (a summary first, or the newest messages): it is seeded whole.
 """
 
 from __future__ import annotations
@@ -98,23 +99,29 @@ def _render(message: dict[str, Any]) -> str:
     return f"{role}: " + "\n".join(lines) if lines else ""
 
 
-def seed_text(history: list[dict[str, Any]]) -> str:
-    """The earlier conversation as text for a CLI that starts without its transcript."""
+def seed_text(history: list[dict[str, Any]], *, shortened: bool = False) -> str:
+    """The earlier conversation as text for a CLI that starts without its transcript;
+    `shortened`: a context the ladder already made fit (rungs 2 and 3), kept whole."""
     rendered: list[str] = []
     size = 0
     for message in reversed(history):
         text = _render(message)
         if not text:
             continue
-        if size + len(text) > SEED_MAX_CHARS:
+        if not shortened and size + len(text) > SEED_MAX_CHARS:
             rendered.append("[... earlier messages omitted ...]")
             break
         rendered.append(text)
         size += len(text)
     body = "\n\n".join(reversed(rendered))
+    why = (
+        "shortened to fit your context window"
+        if shortened
+        else "restored from the record (your earlier session could not be resumed)"
+    )
     return (
-        "<earlier_conversation>\nThe conversation so far, restored from the record "
-        f"(your earlier session could not be resumed):\n\n{body}\n</earlier_conversation>"
+        f"<earlier_conversation>\nThe conversation so far, {why}:\n\n{body}\n"
+        "</earlier_conversation>"
     )
 
 

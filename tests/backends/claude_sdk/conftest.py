@@ -20,7 +20,7 @@ from app.backends.claude_sdk.ports import Toolset
 from app.backends.claude_sdk.workspace import Workspaces
 from app.backends.events import AgentEvent, TurnControl, TurnRequest
 from app.backends.tools import ToolRegistry
-from app.config import SdkSettings
+from app.config import ContextSettings, SdkSettings
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.store.db import connect_args
 from app.store.transcripts import PostgresTranscripts
@@ -85,7 +85,9 @@ async def make_backend(
         NapLog.steps.append("finished")
         return "rested"
 
-    def make(root: str = "replica-a", **overrides: Any) -> ClaudeSDKBackend:
+    def make(
+        root: str = "replica-a", context: ContextSettings | None = None, **overrides: Any
+    ) -> ClaudeSDKBackend:
         settings = SdkSettings(
             **{"idle_timeout_s": 30.0, "max_retries": 0, "stop_grace_s": 5.0, **overrides}
         )
@@ -98,6 +100,7 @@ async def make_backend(
             toolset=registry_toolset(registry),
             api_key="test",
             base_url=fake.base_url,
+            context=context,
         )
         made.append(backend)
         return backend

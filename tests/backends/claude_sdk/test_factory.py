@@ -52,6 +52,7 @@ async def test_the_factory_builds_a_backend_that_answers_with_the_registry_tools
     client = anthropic.AsyncAnthropic(api_key="test", base_url=fake.base_url)
     backend = create_backend(settings, client, registry, transcripts=transcripts)
     assert isinstance(backend, ClaudeSDKBackend)
+    assert backend.context is settings.context  # one place for the models' windows
     try:
         prompt = '[[fake:tool name=mcp__copilot__calculate input={"expression": "2+3"}]]'
         events = await collect(backend, request(session_id, user(prompt)))

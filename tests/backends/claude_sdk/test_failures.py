@@ -42,7 +42,6 @@ pytestmark = pytest.mark.claude_cli
         ("[[fake:error status=429 times=1]]", "rate_limited"),
         ("[[fake:error status=529 times=1]]", "overloaded"),
         ("[[fake:error status=400]]", "invalid_request"),
-        ("[[fake:text context=50]] " + "word " * 80, "prompt_too_long"),
     ],
 )
 async def test_each_api_error_maps_onto_the_taxonomy(

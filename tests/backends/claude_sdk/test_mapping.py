@@ -19,6 +19,7 @@ from claude_agent_sdk import (
 
 from app.backends.claude_sdk.mapping import TurnMapper, result_error, tool_output
 from app.backends.events import (
+    ContextChange,
     Finished,
     ReasoningDelta,
     ReasoningEnd,
@@ -204,15 +205,34 @@ def test_the_cli_retry_is_a_transient_status() -> None:
     ]
 
 
-def test_compaction_is_a_status_and_is_counted() -> None:
+def test_a_cli_compaction_is_a_status_then_a_context_change() -> None:
     mapper = _mapper()
+    meta = {"trigger": "auto", "pre_tokens": 12396, "post_tokens": 4007, "duration_ms": 30}
     events = _feed(
         mapper,
-        SystemMessage("status", {"status": "compacting"}),
-        SystemMessage("compact_boundary", {"compact_metadata": {"trigger": "auto"}}),
+        SystemMessage("status", {"status": "compacting", "compact_output_chars": 0}),
+        SystemMessage("status", {"status": None, "compact_result": "success"}),
+        SystemMessage("compact_boundary", {"compact_metadata": meta}),
     )
-    assert events == [StatusNote("compacting", {}), StatusNote("compacted", {"trigger": "auto"})]
+    assert events == [
+        StatusNote("compacting", {}),
+        ContextChange("cli", "auto", tokens_before=12396, tokens_after=4007),
+    ]
     assert mapper.compactions == 1
+
+
+def test_a_manual_compaction_without_counts_is_still_a_context_change() -> None:
+    events = _feed(
+        _mapper(), SystemMessage("compact_boundary", {"compact_metadata": {"trigger": "manual"}})
+    )
+    assert events == [ContextChange("cli", "manual")]
+
+
+def test_the_cli_summary_after_a_compaction_is_never_chat_content() -> None:
+    summary = UserMessage(
+        [TextBlock("This session is being continued from a previous conversation ...")]
+    )
+    assert _feed(_mapper(), summary, UserMessage("a plain-text summary")) == []
 
 
 @pytest.mark.parametrize(
