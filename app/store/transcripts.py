@@ -14,6 +14,10 @@ or the context ladder rebuilt it); `load` returns the newest generation only. A 
 its new entries (the SDK mirrors once per turn, before it hands over the `ResultMessage`), in
 one statement whatever their number, so a turn's writes grow with the turn, not the history.
 
+An attempt that ends with `prompt_too_long` is rolled back (`roll_back`): its entries (the
+message that did not fit, the CLI's failed compactions) would make every later resume fail
+the same way.
+
 `TranscriptPosition` (generation, last seq) is what a warm CLI process last saw: the backend
 compares it with `position()` before reusing the process, so a turn answered on another replica
 in between is never missed.
@@ -58,6 +62,10 @@ WHERE session_id = $1 AND generation = (
 GROUP BY generation
 """
 _DELETE = "DELETE FROM transcript_entries WHERE session_id = $1"
+_ROLL_BACK = """
+DELETE FROM transcript_entries
+WHERE session_id = $1 AND (generation > $2 OR (generation = $2 AND seq > $3))
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +138,8 @@ class PostgresTranscripts:
     async def delete(self, session_id: str) -> None:
         """Remove every generation of the session's transcript."""
         await self.pool.execute(_DELETE, session_id)
+
+    async def roll_back(self, session_id: str, to: TranscriptPosition) -> None:
+        """Remove what was stored after `to`: the entries a failed attempt appended (and a
+        generation it started), so that the next turn resumes from before it."""
+        await self.pool.execute(_ROLL_BACK, session_id, to.generation, to.last_seq)

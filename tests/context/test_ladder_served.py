@@ -74,7 +74,7 @@ def _last_turn(http: httpx.Client, sid: str) -> dict[str, Any]:
 
 
 def _markers(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
-    messages = http.get(f"/api/v1/sessions/{sid}/messages", params={"limit": 200}).json()
+    messages = http.get(f"/api/v1/sessions/{sid}/messages", params={"limit": 500}).json()
     return [
         part["data"]
         for message in messages["messages"]

@@ -99,3 +99,20 @@ async def test_delete_removes_every_generation(transcripts: PostgresTranscripts)
     await store.append({"project_key": "p", "session_id": "a"}, _entries("a", "1"))
     await transcripts.delete(session_id)
     assert await transcripts.position(session_id) is None
+
+
+async def test_a_rolled_back_attempt_leaves_the_transcript_as_it_was(
+    transcripts: PostgresTranscripts,
+) -> None:
+    session_id = await _session(transcripts)
+    key: Any = {"project_key": "p", "session_id": "a"}
+    store = transcripts.fresh(session_id, None)
+    await store.append(key, _entries("a", "1", "2"))
+    before = store.position
+    await store.append(key, _entries("a", "too long", "compacted"))
+    newer = transcripts.fresh(session_id, await transcripts.position(session_id))
+    await newer.append({"project_key": "p", "session_id": "b"}, _entries("b", "x"))
+    await transcripts.roll_back(session_id, before)
+    assert await transcripts.position(session_id) == TranscriptPosition(0, 2, "a")
+    loaded = await transcripts.bind(session_id, before).load(key)
+    assert [e["text"] for e in loaded or []] == ["1", "2"]

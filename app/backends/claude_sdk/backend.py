@@ -123,6 +123,7 @@ class ClaudeSDKBackend:
         if not request.history or request.history[-1].get("role") != "user":
             raise UpstreamError("invalid_request", "there is no user message to answer")
         live, workspace, seeded = await self._client_for(request)
+        before = live.position
         mapper = TurnMapper(request.turn_id, request.model, self.toolset.public_name)
         clean = False
         try:
@@ -153,7 +154,10 @@ class ClaudeSDKBackend:
             error = mapper.error()
             if error is not None and error.code == "prompt_too_long":
                 # The transcript no longer fits and every later turn would send it again:
-                # this CLI is stuck for good; the runner's next rung starts a fresh one.
+                # this CLI is stuck for good; the runner's next rung starts a fresh one,
+                # and what this attempt stored is forgotten (a later turn resumes from
+                # before it).
+                await self.transcripts.roll_back(request.session_id, before)
                 raise error
             clean = True
             if error is not None:

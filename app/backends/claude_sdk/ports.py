@@ -80,6 +80,10 @@ class Transcripts(Protocol):
         """Forget the session's transcript."""
         ...
 
+    async def roll_back(self, session_id: str, to: TranscriptPosition) -> None:
+        """Forget what was stored after `to` (a failed attempt's entries)."""
+        ...
+
 
 # `hooks.tool_guards` bound to the settings: PreToolUse matchers for one workspace.
 HooksFor = Callable[[Path], dict[str, list[HookMatcher]]]
