@@ -24,9 +24,10 @@ Failures: API errors arrive in the `ResultMessage` (`mapping.result_error`). An 
 stream that ends without a result means the CLI died: `upstream_unavailable` (retryable), the
 client discarded. No message for `idle_timeout_s`, or `max_empty_tool_calls` failing tool calls
 without input in a row, is `agent_stalled`. A client left mid-turn for any reason is discarded,
-never reused. An attempt the runner retries after an API error finds its user message already
-in the warm CLI's transcript: the retry sends a short note instead of the message again (after
-a dead CLI the transcript in Postgres lacks the failed turn, so the message is sent whole).
+never reused. An attempt that ends with an API error before anything visible (one the
+runner may try again, or climb the context ladder from) is rolled back: its transcript entries
+are deleted and its CLI, which remembers them, closed; the next attempt resumes from before it
+and sends the message whole. After visible output the CLI stays warm with what the user saw.
 The CLI's own retries are capped (`CLAUDE_CODE_MAX_RETRIES`): its retries are
 invisible and slow; the runner's policy retries only while nothing visible was sent.
 """
@@ -54,13 +55,24 @@ from app.backends.claude_sdk.ports import Toolset, Transcripts, Workspace, Works
 from app.backends.claude_sdk.prompt import seed_text, user_content, user_message
 from app.backends.claude_sdk.spawning import BootSlots
 from app.backends.errors import UpstreamError
-from app.backends.events import AgentEvent, TurnControl, TurnRequest
+from app.backends.events import (
+    AgentEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStart,
+    ToolResult,
+    TurnControl,
+    TurnRequest,
+)
 from app.config import ContextSettings, SdkSettings, blanked_server_environment
 
 log = logging.getLogger(__name__)
 
 INTERRUPT_TIMEOUT_S = 5.0
-RETRY_NOTE = "(The previous attempt to answer failed upstream; please answer my message above.)"
+# Events the user sees: an attempt that yielded one is not tried again by the runner.
+SHOWN = (TextDelta, ReasoningDelta, ToolCallStart, ToolCallDelta, ToolCallReady, ToolResult)
 _END = object()
 
 
@@ -126,20 +138,16 @@ class ClaudeSDKBackend:
         before = live.position
         mapper = TurnMapper(request.turn_id, request.model, self.toolset.public_name)
         clean = False
+        shown = False
         try:
-            if live.failed_turn == request.turn_id:
-                # The runner retries this turn: its user message is already in the CLI's
-                # transcript (the failed attempt's API error is not sent to the model again).
-                blocks = [{"type": "text", "text": RETRY_NOTE}]
-            else:
-                blocks = user_content(request.history[-1], workspace.path)
-            live.failed_turn = None
+            blocks = user_content(request.history[-1], workspace.path)
             if seeded:
                 seed = seed_text(request.history[:-1], shortened=request.context_rung >= 2)
                 blocks.insert(0, {"type": "text", "text": seed})
             await live.client.query(_single(user_message(blocks)))
             async for message in self._messages(live, control, mapper):
                 for event in mapper.feed(message):
+                    shown = shown or isinstance(event, SHOWN)
                     yield event
                 if mapper.empty_tool_errors >= self.settings.max_empty_tool_calls:
                     raise UpstreamError(
@@ -152,17 +160,16 @@ class ClaudeSDKBackend:
                     yield event
                 raise UpstreamError("upstream_unavailable", "the CLI ended without a result")
             error = mapper.error()
-            if error is not None and error.code == "prompt_too_long":
-                # The transcript no longer fits and every later turn would send it again:
-                # this CLI is stuck for good; the runner's next rung starts a fresh one,
-                # and what this attempt stored is forgotten (a later turn resumes from
-                # before it).
+            if error is not None and (not shown or error.code == "prompt_too_long"):
+                # An attempt the runner may try again (or climb the ladder from) leaves
+                # nothing behind: what it stored is forgotten and its CLI, which remembers
+                # it, closed; the next attempt resumes from before it. A CLI whose
+                # transcript no longer fits is stuck for good in any case.
                 await self.transcripts.roll_back(request.session_id, before)
                 raise error
             clean = True
             if error is not None:
-                live.failed_turn = request.turn_id
-                raise error
+                raise error  # after visible output: the CLI keeps what the user saw
             yield mapper.finished()
         finally:
             live.booted()

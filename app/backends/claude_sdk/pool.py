@@ -43,7 +43,6 @@ class LiveClient:
     model: str = ""
     last_used: float = field(default_factory=time.monotonic)
     reader: asyncio.Task[None] | None = None  # the pump reading the current turn
-    failed_turn: str | None = None  # a turn whose attempt ended with an API error
 
     @property
     def position(self) -> TranscriptPosition:

@@ -49,15 +49,20 @@ async def test_each_api_error_maps_onto_the_taxonomy(
 ) -> None:
     backend = make_backend()
     events: list[AgentEvent] = []
+    message = user(directive)
     with pytest.raises(UpstreamError) as caught:
-        await collect(backend, request(session_id, user(directive)), into=events)
+        await collect(backend, request(session_id, message), into=events)
     assert caught.value.code == code
     assert backend.classify(caught.value) is caught.value
     assert not [e for e in events if isinstance(e, TextDelta)]  # the CLI's own text never shows
-    # an API error leaves the CLI alive and warm for the session's next turn
-    pid = backend.pool.idle[session_id].pid
-    assert pid is not None
-    assert psutil.pid_exists(pid)
+    # an API error before anything visible leaves nothing behind: no CLI, no stored entry
+    await backend.pool.drain()
+    assert session_id not in backend.pool.idle
+    assert not backend.pool.busy
+    assert await backend.transcripts.position(session_id) is None
+    if code != "invalid_request":  # the error fires once: the runner's retry is answered
+        retried = await collect(backend, request(session_id, message))
+        assert [e for e in retried if isinstance(e, TextDelta)]
 
 
 async def test_a_killed_cli_ends_the_turn_retryably_and_the_next_turn_works(
@@ -171,13 +176,14 @@ async def test_a_retried_attempt_does_not_send_the_user_message_twice(
     make_backend: BackendFactory, session_id: str, fake: FakeUpstreamHandle
 ) -> None:
     backend = make_backend()
+    await collect(backend, request(session_id, user("hello")))
     req = request(session_id, user("[[fake:error status=529]] unique-words-here"))
     for _ in range(2):  # the runner's retry runs the same request again
         with pytest.raises(UpstreamError):
             await collect(backend, req)
     sent = fake.requests("/v1/messages")[-1]["json"]["messages"]
-    assert str(sent).count("unique-words-here") == 1
-    assert "please answer my message above" in str(sent)
+    assert str(sent).count("unique-words-here") == 1  # the failed attempt was rolled back
+    assert "hello" in str(sent)  # and what came before it was not
 
 
 async def test_prompt_too_long_after_history_shows_the_cli_compacting_first(
