@@ -110,6 +110,8 @@ class AttemptOut(BaseModel):
     reason: str | None = None  # why it ran at its rung: retry, prompt_too_long, proactive
     tokens_before: int | None = None  # the context's estimated tokens before its rung shrank it
     tokens_after: int | None = None
+    input_tokens: int | None = None  # billed for the attempt, a summary that built it included
+    output_tokens: int | None = None
     error_code: str | None
     started_at: datetime
     finished_at: datetime | None

@@ -83,6 +83,8 @@ def _turn_out(row: Turn, attempts: list[TurnAttempt]) -> TurnOut:
                 reason=a.reason,
                 tokens_before=a.tokens_before,
                 tokens_after=a.tokens_after,
+                input_tokens=a.input_tokens,
+                output_tokens=a.output_tokens,
                 error_code=a.error_code,
                 started_at=a.started_at,
                 finished_at=a.finished_at,

@@ -133,6 +133,10 @@ class TurnAttempt(Base):
     reason: Mapped[str | None] = mapped_column(String(32))
     tokens_before: Mapped[int | None] = mapped_column(Integer)
     tokens_after: Mapped[int | None] = mapped_column(Integer)
+    # Tokens billed for the attempt (input with cache reads and writes; output), a compaction
+    # summary that built its context included.
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -97,12 +97,13 @@ WITH fence AS (
     RETURNING id
 ), attempt_rows AS (
     INSERT INTO turn_attempts (turn_id, number, context_rung, started_at, finished_at, error_code,
-                               reason, tokens_before, tokens_after)
+                               reason, tokens_before, tokens_after, input_tokens, output_tokens)
     SELECT turn.id, a.number, a.context_rung, a.started_at, a.finished_at, a.error_code,
-           a.reason, a.tokens_before, a.tokens_after
+           a.reason, a.tokens_before, a.tokens_after, a.input_tokens, a.output_tokens
     FROM turn, jsonb_to_recordset($12::jsonb) AS a(
         number int, context_rung int, started_at timestamptz, finished_at timestamptz,
-        error_code text, reason text, tokens_before int, tokens_after int)
+        error_code text, reason text, tokens_before int, tokens_after int, input_tokens int,
+        output_tokens int)
 )
 UPDATE chat_sessions SET
     input_tokens = input_tokens + $17, output_tokens = output_tokens + $18,

@@ -40,6 +40,8 @@ class Attempt:
     reason: str | None = None  # why it ran at its rung: "retry", "prompt_too_long", ...
     tokens_before: int | None = None  # the context, before and after its rung shrank it
     tokens_after: int | None = None
+    input_tokens: int | None = None  # billed for it (cache reads and writes included)
+    output_tokens: int | None = None
 
     def as_row(self, finished_at: datetime) -> dict[str, Any]:
         """The attempt as stored in `turn_attempts`."""
@@ -52,6 +54,8 @@ class Attempt:
             "reason": self.reason,
             "tokens_before": self.tokens_before,
             "tokens_after": self.tokens_after,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -25,6 +26,7 @@ from app.config import TurnSettings
 from app.context.ladder import COMPACTED_RUNG, DB_ONLY_RUNG, ContextLadder
 from app.coord.lock import Lease
 from app.store.turn_rows import TurnEnd, TurnRows
+from app.store.usage import Usage
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
 from app.stream.frames import FrameBuffer
@@ -97,6 +99,7 @@ class TurnRunner:
         self.attempts: list[Attempt] = []
         # The tokens before and after the last climb of the context ladder, for its attempt.
         self._climbed: tuple[int | None, int | None] = (None, None)
+        self._billed = Usage()  # usage when the last attempt ended: the next one bills from it
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.first_visible_at: datetime | None = None
@@ -324,6 +327,12 @@ class TurnRunner:
 
     def _attempt_ended(self, attempt: Attempt) -> None:
         attempt.finished_at = datetime.now(UTC)
+        # What the attempt was billed, with the climb that built its context (it came after
+        # the previous attempt ended).
+        now, then = dataclasses.replace(self.adapter.usage), self._billed
+        attempt.input_tokens = _input(now) - _input(then)
+        attempt.output_tokens = now.output_tokens - then.output_tokens
+        self._billed = now
         if self.request.extra.get("fresh_session"):
             # The backend could not resume its own context and started afresh from the
             # stored messages: the DB-only rung of the context ladder.
@@ -415,3 +424,7 @@ class TurnRunner:
     def stopping(self) -> bool:
         """A stop was asked for and the turn has not finished yet."""
         return self.stop_reason is not None and not self.done
+
+
+def _input(usage: Usage) -> int:
+    return usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens

@@ -20,6 +20,8 @@ def upgrade() -> None:
     op.add_column("turn_attempts", sa.Column("reason", sa.String(length=32), nullable=True))
     op.add_column("turn_attempts", sa.Column("tokens_before", sa.Integer(), nullable=True))
     op.add_column("turn_attempts", sa.Column("tokens_after", sa.Integer(), nullable=True))
+    op.add_column("turn_attempts", sa.Column("input_tokens", sa.Integer(), nullable=True))
+    op.add_column("turn_attempts", sa.Column("output_tokens", sa.Integer(), nullable=True))
     op.create_table(
         "context_compactions",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -47,6 +49,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_context_compactions_session", table_name="context_compactions")
     op.drop_table("context_compactions")
+    op.drop_column("turn_attempts", "output_tokens")
+    op.drop_column("turn_attempts", "input_tokens")
     op.drop_column("turn_attempts", "tokens_after")
     op.drop_column("turn_attempts", "tokens_before")
     op.drop_column("turn_attempts", "reason")

@@ -120,6 +120,7 @@ def test_a_prompt_too_long_compacts_and_the_turn_goes_on(
     billed = usage["input_tokens"] + usage["cache_read_tokens"] + usage["cache_write_tokens"]
     spent = sum(estimate_input(c["json"]).total for c in calls[1:])
     assert billed == spent
+    assert (first["input_tokens"], second["input_tokens"]) == (0, spent)  # on the rung's attempt
 
 
 def test_the_next_turn_starts_from_the_compaction(
