@@ -3,14 +3,16 @@ what a turn recovered from "prompt is too long" spends.
 
     uv run python bench/context.py                   # 10, 100 and 1,000 prior turns
     uv run python bench/context.py --prior 10 100    # fewer
+    uv run python bench/context.py --backend claude_sdk
 
 One `copilot fake-upstream` process (its default 200,000-token window) and one `copilot serve`
-(the Messages API backend, whose context is the stored history; titles off) on this
-machine's Postgres (a database of the run's own, dropped after it) and Redis.
+(by default the Messages API backend, whose context is the stored history; titles off) on
+this machine's Postgres (a database of the run's own, dropped after it) and Redis.
 
 Growth: for each number of prior turns P, a session is seeded with P turns (2P stored
-messages of ~300 characters each, written straight into Postgres), then `--turns` (20)
-turns are sent one after the other. Per turn: the time to the response's headers (the
+messages of ~300 characters each, written straight into Postgres), then one turn (the first
+on that history: it may compact it, whose cost it shows), then `--turns` (20) turns one
+after the other. Per turn: the time to the response's headers (the
 turn's start: lease, rows, the history read) and to the first text, and the bytes of
 write-ahead log Postgres wrote for it (`pg_current_wal_lsn()` before and after: every row,
 index and update the turn caused). Both should stay flat as P grows.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -96,8 +99,8 @@ async def growth(url: str, db: str, user: str, prior: int, turns: int) -> dict[s
     conn = await asyncpg.connect(db)
     starts, firsts, wal, errors = [], [], [], 0
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-            await turn(http, sid, "a first turn, not measured")
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            opening = await turn(http, sid, "the first turn on this history")
             for i in range(turns):
                 before = await wal_lsn(conn)
                 result = await turn(http, sid, f"turn {i}: {WORDS}")
@@ -109,6 +112,7 @@ async def growth(url: str, db: str, user: str, prior: int, turns: int) -> dict[s
         await conn.close()
     return {
         "prior": prior,
+        "opening_ms": 1000 * (opening["first"] or float("nan")),
         "start_ms": 1000 * statistics.median(starts),
         "first_ms": 1000 * statistics.median(firsts),
         "wal_kb": statistics.median(wal) / 1024,
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--prior", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--turns", type=int, default=20, help="measured turns per session")
     parser.add_argument("--recoveries", type=int, default=5)
+    parser.add_argument("--backend", choices=["anthropic", "claude_sdk"], default="anthropic")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
@@ -176,7 +181,8 @@ def main() -> None:
         out,
     )
     env = clean_env() | {
-        "COPILOT_BACKEND": "anthropic",
+        "COPILOT_BACKEND": args.backend,
+        "COPILOT_WORKSPACES_DIR": tempfile.mkdtemp(prefix="cb", dir="/tmp"),
         "DATABASE_URL": db,
         "REDIS_URL": args.redis_url,
         "COPILOT_REDIS_KEY_PREFIX": prefix,
@@ -196,16 +202,18 @@ def main() -> None:
     finally:
         server.stop()
         fake.stop()
+        shutil.rmtree(env["COPILOT_WORKSPACES_DIR"], ignore_errors=True)
         drop_database(args.database_url, database)
         clear_redis(args.redis_url, prefix)
     print()
-    print("| prior turns | start (headers) p50 ms | first text p50 ms | WAL per turn p50 KB "
-          "| errors |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print(f"{args.backend}:")
+    print("| prior turns | first turn on it: first text ms | start (headers) p50 ms "
+          "| first text p50 ms | WAL per turn p50 KB | errors |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['prior']:,} | {r['start_ms']:.1f} | {r['first_ms']:.1f} "
-            f"| {r['wal_kb']:.1f} | {r['errors']} |"
+            f"| {r['prior']:,} | {r['opening_ms']:.1f} | {r['start_ms']:.1f} "
+            f"| {r['first_ms']:.1f} | {r['wal_kb']:.1f} | {r['errors']} |"
         )
     print()
     print("| recovered turns | upstream calls (plain: 1) | extra input tokens | "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -161,6 +161,10 @@ class TurnRequest:
     (the stored history, or a backend's own transcript); 2 and 3, a context the runner built
     (compacted, or the newest stored messages that fit) and put in `history`: the backend
     answers from `history` alone then, never from its own transcript.
+
+    A backend that keeps its own context (`Backend.manages_context`) gets only the newest
+    messages in `history` at first, and `full_history()` when it needs the rest (to seed a
+    fresh context): a long conversation costs its turns nothing until then.
     """
 
     session_id: str
@@ -170,6 +174,15 @@ class TurnRequest:
     user_id: str = ""
     context_rung: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # Loads the whole history when `history` holds only its newest messages.
+    history_loader: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+
+    async def full_history(self) -> list[dict[str, Any]]:
+        """The whole history (from the newest compaction on), loaded once if need be."""
+        if self.history_loader is not None:
+            self.history = await self.history_loader()
+            self.history_loader = None
+        return self.history
 
 
 @dataclass

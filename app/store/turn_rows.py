@@ -57,12 +57,32 @@ WITH sess AS (
         AND t.message_id = c.through_message_id
     WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
 )
-SELECT sess.title, compaction.id AS compaction_id, compaction.summary,
+SELECT sess.title, sess.last_seq, compaction.id AS compaction_id, compaction.summary,
        m.message_id, m.role, m.parts, m.metadata, m.created_at
 FROM sess
 LEFT JOIN compaction ON true
 LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
     AND m.seq > coalesce(compaction.through_seq, 0)
+    AND ($11::int IS NULL OR m.seq > sess.last_seq - 2 - $11::int)
+ORDER BY m.seq
+"""
+
+# The history a turn is answered from, up to its user message (seq $2): the newest
+# compaction's summary, then the messages after it.
+_HISTORY = """
+WITH compaction AS (
+    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
+    FROM context_compactions c
+    LEFT JOIN chat_messages t ON t.session_id = c.session_id
+        AND t.message_id = c.through_message_id
+    WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
+)
+SELECT compaction.id AS compaction_id, compaction.summary,
+       m.message_id, m.role, m.parts, m.metadata, m.created_at
+FROM (SELECT 1) AS one
+LEFT JOIN compaction ON true
+LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
+    AND m.seq > coalesce(compaction.through_seq, 0) AND m.seq <= $2
 ORDER BY m.seq
 """
 
@@ -133,10 +153,13 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class StartedTurn:
-    """What the start statement gives back: the session title and the history before it."""
+    """What the start statement gives back: the session title, the history before the turn
+    (its newest messages only, when a limit was asked for) and the turn's user message's
+    sequence number."""
 
     title: str | None
     history: list[dict[str, Any]]
+    user_seq: int = 0
 
 
 @dataclass
@@ -256,10 +279,13 @@ class TurnRows:
         backend: str,
         model: str,
         replica_id: str,
+        history_limit: int | None = None,
     ) -> StartedTurn | None:
         """Create the session if new, store the user message, the empty reply and the turn.
 
-        None when the common case does not apply; then nothing was written.
+        The history comes back whole (from the newest compaction on), or only its newest
+        `history_limit` messages (`history` loads the rest when it is needed). None when the
+        common case does not apply; then nothing was written.
         """
         try:
             rows = await self.pool.fetch(
@@ -274,31 +300,18 @@ class TurnRows:
                 backend,
                 model,
                 replica_id,
+                history_limit,
             )
         except asyncpg.UniqueViolationError:
             return None  # the message id is taken: a retried POST
         if not rows:
             return None
-        opening = []
-        if rows[0]["compaction_id"] is not None:
-            opening.append(summary_message(rows[0]["compaction_id"], rows[0]["summary"]))
-        history = [
-            *opening,
-            *(
-                {
-                    "id": row["message_id"],
-                    "role": row["role"],
-                    "parts": row["parts"],
-                    "metadata": {
-                        **(row["metadata"] or {}),
-                        "createdAt": row["created_at"].isoformat(),
-                    },
-                }
-                for row in rows
-                if row["message_id"] is not None
-            ),
-        ]
-        return StartedTurn(title=rows[0]["title"], history=history)
+        return StartedTurn(rows[0]["title"], _ui_history(rows), rows[0]["last_seq"] - 1)
+
+    async def history(self, session_id: str, through_seq: int) -> list[dict[str, Any]]:
+        """The session's history up to the message `through_seq`, from the newest compaction
+        on (its summary first)."""
+        return _ui_history(await self.pool.fetch(_HISTORY, session_id, through_seq))
 
     async def session_owner(self, session_id: str) -> str | None:
         """The user who owns the session, or None when no session has this id."""
@@ -345,3 +358,25 @@ class TurnRows:
             end.cost,
             max((a["context_rung"] for a in end.attempt_log), default=1),
         )
+
+
+def _ui_history(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """Rows of a history statement as UIMessages, the compaction's summary first."""
+    if not rows:
+        return []
+    opening = []
+    if rows[0]["compaction_id"] is not None:
+        opening.append(summary_message(rows[0]["compaction_id"], rows[0]["summary"]))
+    return [
+        *opening,
+        *(
+            {
+                "id": row["message_id"],
+                "role": row["role"],
+                "parts": row["parts"],
+                "metadata": {**(row["metadata"] or {}), "createdAt": row["created_at"].isoformat()},
+            }
+            for row in rows
+            if row["message_id"] is not None
+        ),
+    ]

@@ -100,6 +100,7 @@ class TurnRunner:
         # The tokens before and after the last climb of the context ladder, for its attempt.
         self._climbed: tuple[int | None, int | None] = (None, None)
         self._billed = Usage()  # usage when the last attempt ended: the next one bills from it
+        self._loaded: list[dict[str, Any]] | None = None  # the whole history, once needed
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.first_visible_at: datetime | None = None
@@ -224,11 +225,10 @@ class TurnRunner:
 
     async def _attempts(self) -> None:
         policy = RetryPolicy.from_settings(self.services.settings)
-        loaded = list(self.request.history)  # the DB-only rung starts from it
         reason = None
         if self._compacts_ahead():
             reason = "proactive"
-            if not await self._climb(COMPACTED_RUNG, reason, loaded):
+            if not await self._climb(COMPACTED_RUNG, reason):
                 return
         number = 0
         while True:
@@ -262,7 +262,7 @@ class TurnRunner:
                 self.adapter.end_step()
                 if self._may_climb(error):
                     reason = error.code
-                    if await self._climb(self.request.context_rung + 1, reason, loaded):
+                    if await self._climb(self.request.context_rung + 1, reason):
                         continue
                     return
                 delay = None
@@ -304,14 +304,16 @@ class TurnRunner:
             and self.stop_reason is None
         )
 
-    async def _climb(self, rung: int, reason: str, loaded: list[dict[str, Any]]) -> bool:
+    async def _climb(self, rung: int, reason: str) -> bool:
         """Move the request to `rung` (or past it); False when the turn ended instead
         (`context_exhausted`)."""
         ladder = self.services.ladder
         assert ladder is not None
         if rung <= DB_ONLY_RUNG:
             self._emit(chunks.data_status("compacting", rung=rung, reason=reason))
-            climb = await ladder.climb(self.request, rung, reason, loaded)
+            if self._loaded is None:  # the history as loaded: the DB-only rung starts from it
+                self._loaded = list(await self.request.full_history())
+            climb = await ladder.climb(self.request, rung, reason, self._loaded)
         else:
             climb = None
         if climb is None or climb.exhausted:

@@ -7,8 +7,10 @@ runner exists, failures travel in the stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +24,9 @@ from app.store.sessions import SessionRepository, session_not_found
 from app.store.turns import TurnRepository
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
+
+# What a backend that keeps its own context reads of the history at a turn's start.
+NEWEST_MESSAGES = 2
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +146,25 @@ async def _answer_again(
     return existing.message_id
 
 
+@dataclass(slots=True)
+class StartedRows:
+    """The history to answer (perhaps only its newest messages, with a loader for the rest)
+    and whether this is a new chat."""
+
+    history: list[dict[str, Any]]
+    first: bool
+    loader: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+
+
 async def _start_rows(
     ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID, assistant_id: str
-) -> tuple[list[dict[str, Any]], bool]:
+) -> StartedRows:
     """Store the turn's first rows; the history to answer, and whether this is a new chat."""
     model = ctx.services.backend.model
     backend = ctx.services.backend.name
+    # A backend that keeps its own context needs the stored history only to seed a fresh
+    # one: its turns read the newest messages, and the rest if it asks.
+    limit = NEWEST_MESSAGES if ctx.services.backend.manages_context else None
     if order.trigger == "submit-message":
         message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
         started = await ctx.services.rows.start(
@@ -160,6 +178,7 @@ async def _start_rows(
             backend=backend,
             model=model,
             replica_id=ctx.replica_id,
+            history_limit=limit,
         )
         if started is not None:
             history = [
@@ -171,8 +190,12 @@ async def _start_rows(
                     "metadata": order.user_metadata,
                 },
             ]
-            first = started.title is None and not any(m["role"] == "user" for m in started.history)
-            return history, first
+            first = started.title is None and started.user_seq == 1
+            loader = None
+            if limit is not None and len(started.history) >= limit:
+                rows, seq = ctx.services.rows, started.user_seq
+                loader = functools.partial(rows.history, order.session_id, seq)
+            return StartedRows(history, first, loader)
         order.user_message_id = message_id
     async with ctx.sessions() as db:
         sessions, messages = SessionRepository(db), MessageRepository(db)
@@ -211,7 +234,7 @@ async def _start_rows(
         await sessions.set_active_turn(order.session_id, turn_id)
         await db.commit()
     first = session.title is None and sum(m["role"] == "user" for m in history) == 1
-    return history, first
+    return StartedRows(history, first)
 
 
 async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
@@ -235,7 +258,7 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
             raise session_not_found(order.session_id)
         lease = await _take_lease(ctx, order, events_key, admission)
         try:
-            history, first_message = await _start_rows(ctx, order, turn_id, assistant_id)
+            started = await _start_rows(ctx, order, turn_id, assistant_id)
         except BaseException:
             # A refused start leaves nothing behind: the lease goes, and the EventLog with it.
             await asyncio.shield(lease.release_or_retry(events_key))
@@ -246,9 +269,10 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
     request = TurnRequest(
         session_id=order.session_id,
         turn_id=str(turn_id),
-        history=history,
+        history=started.history,
         model=ctx.services.backend.model,
         user_id=order.user_id,
+        history_loader=started.loader,
     )
     runner = TurnRunner(
         ctx.services,
@@ -260,6 +284,6 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
     )
     ctx.registry.add(runner)
     runner.start()
-    if first_message and ctx.titles is not None:
-        ctx.titles.schedule(order.session_id, history[-1])
+    if started.first and ctx.titles is not None:
+        ctx.titles.schedule(order.session_id, started.history[-1])
     return runner

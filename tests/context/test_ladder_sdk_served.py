@@ -8,6 +8,7 @@ fresh CLI session seeded with our stored summary and the newest messages.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -108,6 +110,31 @@ def test_a_cli_stuck_on_prompt_too_long_recovers_compacted_and_continues_on_anot
     sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
     assert SUMMARY_INTRO in sent
     assert "message 0" not in sent
+
+
+def test_a_lost_transcript_is_rebuilt_from_the_whole_stored_history(
+    replicas: tuple[Served, Served], fake: FakeUpstreamHandle, database_url: str
+) -> None:
+    # A turn reads only the newest stored messages; a fresh CLI is seeded with all of them.
+    a, _ = replicas
+    sid = f"sdk-lost-{uuid.uuid4().hex[:8]}"
+    with a.client() as http:
+        for i in range(3):
+            _say(http, sid, f"message {i}: before the transcript was lost")
+
+        async def lose() -> None:
+            conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+            try:
+                await conn.execute("DELETE FROM transcript_entries WHERE session_id = $1", sid)
+            finally:
+                await conn.close()
+
+        asyncio.run(lose())
+        fake.reset()
+        result = _say(http, sid, "do you remember?")  # on A, whose warm CLI is now stale
+    assert result.error is None
+    sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
+    assert all(f"message {i}" in sent for i in range(3))
 
 
 def test_a_message_the_cli_cannot_fit_ends_with_context_exhausted_and_the_next_one_works(

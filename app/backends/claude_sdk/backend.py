@@ -268,7 +268,7 @@ class ClaudeSDKBackend:
         store = self.transcripts.fresh(session_id, stored)
         options = self._options(request, workspace, store, session_id=str(uuid.uuid4()))
         live = await self._connect(session_id, options, store, request)
-        seeded = len(request.history) > 1
+        seeded = len(await request.full_history()) > 1  # a fresh CLI learns it from the seed
         if not rebuilt and (seeded or stored is not None):  # on rungs 2-3 the runner knows
             request.extra["fresh_session"] = True
         return live, workspace, seeded
