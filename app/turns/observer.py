@@ -10,10 +10,38 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from app.backends.errors import UpstreamError
+from app.backends.events import (
+    AgentEvent,
+    ContextChange,
+    Finished,
+    StatusNote,
+    StepEnd,
+    StepStart,
+    ToolCallReady,
+    ToolCallStart,
+    ToolResult,
+    UsageReport,
+)
 from app.observability import metrics
 
 if TYPE_CHECKING:
+    from app.context.ladder import Climb
+    from app.turns.persist import Attempt
     from app.turns.runner import TurnRunner
+
+# The backend events observers see (`TurnObserver.event`): the structure of a turn, not its
+# token-by-token deltas (the reply's text is in `runner.reply` when the turn ends).
+OBSERVED_EVENTS = (
+    StepStart,
+    StepEnd,
+    ToolCallStart,
+    ToolCallReady,
+    ToolResult,
+    UsageReport,
+    ContextChange,
+    StatusNote,
+    Finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +53,23 @@ class TurnObserver(Protocol):
         """The turn's task began producing."""
         ...
 
+    def attempt_started(self, runner: TurnRunner, attempt: Attempt) -> None:
+        """An attempt (the first, a retry, a rung of the context ladder) calls the backend."""
+        ...
+
+    def event(self, runner: TurnRunner, event: AgentEvent) -> None:
+        """The backend sent one of `OBSERVED_EVENTS` (a model call's usage, a tool call, its
+        result, a compaction, the end of a step)."""
+        ...
+
     def attempt_failed(
         self, runner: TurnRunner, error: UpstreamError, retry_in: float | None
     ) -> None:
         """An attempt failed; `retry_in` seconds until the next one, or None if none."""
+        ...
+
+    def climbed(self, runner: TurnRunner, climb: Climb, reason: str) -> None:
+        """The context ladder built the context of `climb.rung` (a compaction, a trim)."""
         ...
 
     def turn_finished(self, runner: TurnRunner) -> None:
@@ -43,6 +84,15 @@ class MetricsObserver:
         """Count the turn as started and active."""
         metrics.TURNS_ACTIVE.inc()
         metrics.TURNS_STARTED.labels(runner.services.backend.name).inc()
+
+    def attempt_started(self, runner: TurnRunner, attempt: Attempt) -> None:
+        """Nothing to count yet."""
+
+    def event(self, runner: TurnRunner, event: AgentEvent) -> None:
+        """Nothing to count yet."""
+
+    def climbed(self, runner: TurnRunner, climb: Climb, reason: str) -> None:
+        """Nothing to count yet."""
 
     def attempt_failed(
         self, runner: TurnRunner, error: UpstreamError, retry_in: float | None
@@ -67,9 +117,12 @@ class MetricsObserver:
 
 
 def notify(observers: list[TurnObserver], moment: str, *args: object) -> None:
-    """Call `moment` on every observer; a failing observer never fails the turn."""
+    """Call `moment` on every observer that has it; a failing observer never fails the turn."""
     for observer in observers:
+        method = getattr(observer, moment, None)
+        if method is None:
+            continue
         try:
-            getattr(observer, moment)(*args)
+            method(*args)
         except Exception:
             log.exception("turn observer %s failed at %s", type(observer).__name__, moment)

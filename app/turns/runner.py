@@ -32,7 +32,7 @@ from app.stream.eventlog import EventLogWriter
 from app.stream.frames import FrameBuffer
 from app.stream.sse import frame
 from app.turns.adapter import ChunkAdapter
-from app.turns.observer import MetricsObserver, TurnObserver, notify
+from app.turns.observer import OBSERVED_EVENTS, MetricsObserver, TurnObserver, notify
 from app.turns.persist import Attempt, persist_final
 from app.turns.reply import ReplyAssembler
 from app.turns.retry import RetryPolicy
@@ -240,10 +240,14 @@ class TurnRunner:
                 self._climbed = (None, None)
             reason = None
             self.attempts.append(attempt)
+            observers = self.services.observers
+            notify(observers, "attempt_started", self, attempt)
             try:
                 handled = 0
                 async for event in self.services.backend.run(self.request, self.control):
                     self.adapter.handle(event)
+                    if isinstance(event, OBSERVED_EVENTS):
+                        notify(observers, "event", self, event)
                     handled += 1
                     if handled % YIELD_EVERY == 0:
                         # Events already buffered (a fast upstream) arrive without the backend
@@ -324,6 +328,7 @@ class TurnRunner:
         if climb.change is not None:
             self.adapter.handle(climb.change)
             self._climbed = (climb.change.tokens_before, climb.change.tokens_after)
+        notify(self.services.observers, "climbed", self, climb, reason)
         log.info("turn %s: context rung %d (%s)", self.turn_id, climb.rung, reason)
         return True
 

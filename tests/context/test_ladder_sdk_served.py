@@ -14,15 +14,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.store.compactions import SUMMARY_INTRO
-from tests.serving import Served, StreamResult, assert_well_formed, serve, stream, upstream_env
+from tests.context.chat import long_conversation, markers, say
+from tests.serving import Served, serve, upstream_env
 
 TOO_SMALL = {"kind": "echo", "context": 50}
 
@@ -64,22 +63,6 @@ def replicas(
         yield a, b
 
 
-def _say(http: httpx.Client, sid: str, message: str) -> StreamResult:
-    result = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": message})
-    assert_well_formed(result)
-    return result
-
-
-def _markers(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
-    messages = http.get(f"/api/v1/sessions/{sid}/messages", params={"limit": 500}).json()
-    return [
-        part["data"]
-        for message in messages["messages"]
-        for part in message["parts"]
-        if part["type"] == "data-context"
-    ]
-
-
 def test_a_cli_stuck_on_prompt_too_long_recovers_compacted_and_continues_on_another_replica(
     replicas: tuple[Served, Served], fake: FakeUpstreamHandle
 ) -> None:
@@ -87,25 +70,25 @@ def test_a_cli_stuck_on_prompt_too_long_recovers_compacted_and_continues_on_anot
     sid = f"sdk-ladder-{uuid.uuid4().hex[:8]}"
     with a.client() as http:
         for i in range(4):
-            _say(http, sid, f"message {i}: the early part of this conversation")
+            say(http, sid, f"message {i}: the early part of this conversation")
         fake.reset()
         # The CLI's call fails; it compacts (a summary call) and tries again, twice (CLI
         # 2.1.330), then gives up: the turn climbs to the compacted rung, whose calls pass.
         fake.enqueue(TOO_SMALL, {"kind": "echo"}, TOO_SMALL, {"kind": "echo"}, TOO_SMALL)
-        result = _say(http, sid, "the question after the stuck one")
+        result = say(http, sid, "the question after the stuck one")
         assert result.error is None
         assert result.text.endswith("the question after the stuck one")
         turn = http.get(f"/api/v1/sessions/{sid}/turns").json()["turns"][-1]
         assert [x["context_rung"] for x in turn["attempt_log"]] == [1, 2]
         assert turn["attempt_log"][0]["error_code"] == "prompt_too_long"
-        methods = [m["method"] for m in _markers(http, sid)]
+        methods = [m["method"] for m in markers(http, sid)]
         assert methods[-1] == "summary"
         seeded = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
         assert SUMMARY_INTRO in seeded
         assert "message 0" not in seeded
     fake.reset()
     with b.client() as http:  # B never saw the session: it resumes the compacted transcript
-        result = _say(http, sid, "and on the other replica")
+        result = say(http, sid, "and on the other replica")
     assert result.error is None
     sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
     assert SUMMARY_INTRO in sent
@@ -120,7 +103,7 @@ def test_a_lost_transcript_is_rebuilt_from_the_whole_stored_history(
     sid = f"sdk-lost-{uuid.uuid4().hex[:8]}"
     with a.client() as http:
         for i in range(3):
-            _say(http, sid, f"message {i}: before the transcript was lost")
+            say(http, sid, f"message {i}: before the transcript was lost")
 
         async def lose() -> None:
             conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
@@ -131,7 +114,7 @@ def test_a_lost_transcript_is_rebuilt_from_the_whole_stored_history(
 
         asyncio.run(lose())
         fake.reset()
-        result = _say(http, sid, "do you remember?")  # on A, whose warm CLI is now stale
+        result = say(http, sid, "do you remember?")  # on A, whose warm CLI is now stale
     assert result.error is None
     sent = str(fake.requests("/v1/messages")[-1]["json"]["messages"])
     assert all(f"message {i}" in sent for i in range(3))
@@ -143,11 +126,11 @@ def test_a_message_the_cli_cannot_fit_ends_with_context_exhausted_and_the_next_o
     a, _ = replicas
     sid = f"sdk-big-{uuid.uuid4().hex[:8]}"
     with a.client() as http:
-        _say(http, sid, "hello")
-        result = _say(http, sid, "a message no window takes [[fake:echo context=50]]")
+        say(http, sid, "hello")
+        result = say(http, sid, "a message no window takes [[fake:echo context=50]]")
         assert result.error is not None
         assert result.error["code"] == "context_exhausted"
-        after = _say(http, sid, "a normal message")
+        after = say(http, sid, "a normal message")
         assert after.error is None
         assert after.text.endswith("a normal message")
 
@@ -171,14 +154,8 @@ def test_a_long_conversation_with_tools_never_fails_and_the_cli_compacts_now_and
     sid = f"sdk-long-{uuid.uuid4().hex[:8]}"
     fake.reset()
     with serve(env, tmp_path) as served, served.client() as http:
-        for i in range(200):
-            if i % 10 == 0:
-                message = '[[fake:tool name=calculate input={"expression": "6*7"}]]'
-            else:
-                message = f"turn {i}: " + "more words that fill the window " * 6
-            result = _say(http, sid, message)
-            assert result.error is None, (i, result.error)
-        markers = _markers(http, sid)
-    assert 1 <= len(markers) <= 40
-    assert all(m["method"] == "cli" for m in markers)
-    assert all(m["tokensAfter"] < m["tokensBefore"] for m in markers if "tokensAfter" in m)
+        long_conversation(http, sid, 200, filler=6)
+        compactions = markers(http, sid)
+    assert 1 <= len(compactions) <= 40
+    assert all(m["method"] == "cli" for m in compactions)
+    assert all(m["tokensAfter"] < m["tokensBefore"] for m in compactions if "tokensAfter" in m)

@@ -18,7 +18,8 @@ import pytest
 from app.devtools.fake_upstream import FakeUpstreamConfig, FakeUpstreamHandle, running_fake_upstream
 from app.devtools.fake_upstream.tokens import estimate_input
 from app.store.compactions import SUMMARY_INTRO
-from tests.serving import Served, StreamResult, assert_well_formed, serve, stream, upstream_env
+from tests.context.chat import long_conversation, markers, say
+from tests.serving import Served, serve, upstream_env
 
 WINDOW = 6_000  # tokens, as the fake counts them and as the server is told
 TOO_SMALL = {"kind": "echo", "context": 50}  # a call that fails with prompt_too_long
@@ -58,12 +59,6 @@ def http(served: Served, small_fake: FakeUpstreamHandle) -> Iterator[httpx.Clien
         yield client
 
 
-def _say(http: httpx.Client, sid: str, message: str) -> StreamResult:
-    result = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": message})
-    assert_well_formed(result)
-    return result
-
-
 def _sid() -> str:
     return f"ladder-{uuid.uuid4().hex[:8]}"
 
@@ -73,19 +68,9 @@ def _last_turn(http: httpx.Client, sid: str) -> dict[str, Any]:
     return dict(turns[-1])
 
 
-def _markers(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
-    messages = http.get(f"/api/v1/sessions/{sid}/messages", params={"limit": 500}).json()
-    return [
-        part["data"]
-        for message in messages["messages"]
-        for part in message["parts"]
-        if part["type"] == "data-context"
-    ]
-
-
 def _history(http: httpx.Client, sid: str, turns: int) -> None:
     for i in range(turns):
-        _say(http, sid, f"message {i}: " + "words of the early conversation " * 6)
+        say(http, sid, f"message {i}: " + "words of the early conversation " * 6)
 
 
 def test_a_prompt_too_long_compacts_and_the_turn_goes_on(
@@ -95,7 +80,7 @@ def test_a_prompt_too_long_compacts_and_the_turn_goes_on(
     _history(http, sid, 4)
     small_fake.reset()
     small_fake.enqueue(TOO_SMALL)  # the full context fails; the summary and the retry do not
-    result = _say(http, sid, "the question that does not fit")
+    result = say(http, sid, "the question that does not fit")
     assert result.error is None
     assert result.text == "Echo: the question that does not fit"
     status = [c["data"] for c in result.of("data-status")]
@@ -107,7 +92,7 @@ def test_a_prompt_too_long_compacts_and_the_turn_goes_on(
     assert (first["context_rung"], first["error_code"]) == (1, "prompt_too_long")
     assert (second["context_rung"], second["reason"]) == (2, "prompt_too_long")
     assert second["tokens_after"] < second["tokens_before"]
-    assert _markers(http, sid)[-1]["method"] == "summary"
+    assert markers(http, sid)[-1]["method"] == "summary"
     calls = small_fake.requests("/v1/messages")
     assert [c["status"] for c in calls] == [400, 200, 200]
     summary_request = calls[1]["json"]
@@ -129,9 +114,9 @@ def test_the_next_turn_starts_from_the_compaction(
     sid = _sid()
     _history(http, sid, 4)
     small_fake.enqueue(TOO_SMALL)
-    _say(http, sid, "compact now")
+    say(http, sid, "compact now")
     small_fake.reset()
-    result = _say(http, sid, "and then")
+    result = say(http, sid, "and then")
     assert result.error is None
     (call,) = small_fake.requests("/v1/messages")
     sent = str(call["json"]["messages"])
@@ -147,9 +132,9 @@ def test_a_failing_summary_falls_back_to_truncation(
     _history(http, sid, 4)
     refused = {"kind": "error", "status": 400, "error_type": "invalid_request_error"}
     small_fake.enqueue(TOO_SMALL, refused)
-    result = _say(http, sid, "after a failed summary")
+    result = say(http, sid, "after a failed summary")
     assert result.error is None
-    assert _markers(http, sid)[-1]["method"] == "truncation"
+    assert markers(http, sid)[-1]["method"] == "truncation"
     assert _last_turn(http, sid)["status"] == "completed"
 
 
@@ -159,25 +144,25 @@ def test_a_compacted_context_still_too_long_goes_to_the_db_only_rung(
     sid = _sid()
     _history(http, sid, 4)
     small_fake.enqueue(TOO_SMALL, {"kind": "echo"}, TOO_SMALL)  # full, summary, compacted
-    result = _say(http, sid, "third time lucky")
+    result = say(http, sid, "third time lucky")
     assert result.error is None
     assert [c["data"]["rung"] for c in result.of("data-status")] == [2, 3]
     turn = _last_turn(http, sid)
     assert [a["context_rung"] for a in turn["attempt_log"]] == [1, 2, 3]
     assert turn["context_rung"] == 3
-    assert [m["method"] for m in _markers(http, sid)[-2:]] == ["summary", "trim"]
+    assert [m["method"] for m in markers(http, sid)[-2:]] == ["summary", "trim"]
 
 
 def test_one_message_larger_than_the_window_ends_with_context_exhausted(
     http: httpx.Client, small_fake: FakeUpstreamHandle
 ) -> None:
     sid = _sid()
-    result = _say(http, sid, "far too long " * 3_000)
+    result = say(http, sid, "far too long " * 3_000)
     assert result.error is not None
     assert result.error["code"] == "context_exhausted"
     assert "shorten it" in result.error["message"]
     assert small_fake.requests("/v1/messages") == []  # known without asking the model
-    after = _say(http, sid, "a normal message")
+    after = say(http, sid, "a normal message")
     assert after.error is None
     assert after.text == "Echo: a normal message"
 
@@ -186,14 +171,8 @@ def test_a_long_conversation_with_tools_never_fails_and_compacts_now_and_then(
     http: httpx.Client,
 ) -> None:
     sid = _sid()
-    for i in range(200):
-        if i % 10 == 0:
-            message = '[[fake:tool name=calculate input={"expression": "6*7"}]]'
-        else:
-            message = f"turn {i}: " + "more words that fill the window " * 3
-        result = _say(http, sid, message)
-        assert result.error is None, (i, result.error)
-    compactions = _markers(http, sid)
+    long_conversation(http, sid, 200, filler=3)
+    compactions = markers(http, sid)
     assert 2 <= len(compactions) <= 40
     assert all(m["trigger"] == "proactive" for m in compactions)
 
@@ -210,10 +189,10 @@ def test_a_session_compacted_on_one_replica_continues_compacted_on_another(
     with served.client() as a:
         _history(a, sid, 4)
         small_fake.enqueue(TOO_SMALL)
-        _say(a, sid, "compacted on A")
+        say(a, sid, "compacted on A")
     small_fake.reset()
     with serve(_env(small_fake, database_url, redis_url), tmp_path) as other, other.client() as b:
-        result = _say(b, sid, "continued on B")
+        result = say(b, sid, "continued on B")
     assert result.error is None
     (call,) = small_fake.requests("/v1/messages")
     sent = str(call["json"]["messages"])
