@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import cast
@@ -20,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from app.coord.lock import STREAM_FIELD
 from app.coord.redis import READ_BLOCK_MAX_S
+from app.observability import metrics
 from app.stream.sse import frame_seq, split_frames
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ return #KEYS
 class _Pending:
     frames: list[bytes] = field(default_factory=list)
     ended: bool = False
+    # When the oldest of `frames` was queued: its wait until the XADD is the append lag.
+    since: float = field(default_factory=time.monotonic)
 
 
 class EventLogWriter:
@@ -104,6 +108,9 @@ class EventLogWriter:
         try:
             await self._append(batch)
             self._failures = 0
+            done = time.monotonic()
+            for pending in batch.values():
+                metrics.EVENTLOG_APPEND_LAG.observe(done - pending.since)
         except (RedisError, OSError) as exc:
             self._failures += 1
             if self._failures == 1 or self._failures % 100 == 0:
@@ -117,6 +124,7 @@ class EventLogWriter:
                 earlier = batch.setdefault(key, _Pending())
                 earlier.frames.extend(later.frames)
                 earlier.ended = earlier.ended or later.ended
+                earlier.since = min(earlier.since, later.since)
             self._pending = batch
             self._wake.set()
 

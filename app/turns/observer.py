@@ -7,6 +7,7 @@ The runner calls every observer at named moments; an observer never raises into 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from app.backends.errors import UpstreamError
@@ -78,7 +79,10 @@ class TurnObserver(Protocol):
 
 
 class MetricsObserver:
-    """Prometheus counters and histograms of turns."""
+    """Prometheus counters and histograms of turns (`app/observability/metrics.py`).
+
+    Tokens and cost are counted once, when the turn ends, from what its row stores: the
+    metrics then agree with `GET /sessions/{id}/turns`, and nothing is counted per event."""
 
     def turn_started(self, runner: TurnRunner) -> None:
         """Count the turn as started and active."""
@@ -86,13 +90,18 @@ class MetricsObserver:
         metrics.TURNS_STARTED.labels(runner.services.backend.name).inc()
 
     def attempt_started(self, runner: TurnRunner, attempt: Attempt) -> None:
-        """Nothing to count yet."""
+        """Nothing to count: retries and climbs are counted where they are decided."""
 
     def event(self, runner: TurnRunner, event: AgentEvent) -> None:
-        """Nothing to count yet."""
+        """Count the backend's own compactions (the CLI's, `method: "cli"`)."""
+        if isinstance(event, ContextChange):
+            metrics.COMPACTIONS.labels(event.method, event.trigger).inc()
 
     def climbed(self, runner: TurnRunner, climb: Climb, reason: str) -> None:
-        """Nothing to count yet."""
+        """Count the rung the ladder reached, and the compaction that built it."""
+        metrics.CONTEXT_RUNGS.labels(str(climb.rung), reason).inc()
+        if climb.change is not None:
+            metrics.COMPACTIONS.labels(climb.change.method, climb.change.trigger).inc()
 
     def attempt_failed(
         self, runner: TurnRunner, error: UpstreamError, retry_in: float | None
@@ -102,18 +111,30 @@ class MetricsObserver:
             metrics.UPSTREAM_RETRIES.labels(error.code).inc()
 
     def turn_finished(self, runner: TurnRunner) -> None:
-        """Count the outcome and observe the time to first token."""
+        """Count the outcome, its tokens and cost; observe time to first token and duration."""
         outcome = runner.outcome
+        backend = runner.services.backend.name
         metrics.TURNS_ACTIVE.dec()
         metrics.TURNS_FINISHED.labels(
-            runner.services.backend.name,
-            outcome.status,
-            outcome.error.code if outcome.error else "",
+            backend, outcome.status, outcome.error.code if outcome.error else ""
         ).inc()
         if runner.first_visible_at is not None:
-            metrics.TTFT_SECONDS.observe(
+            metrics.TTFT_SECONDS.labels(backend).observe(
                 (runner.first_visible_at - runner.started_at).total_seconds()
             )
+        metrics.TURN_SECONDS.labels(backend).observe(time.monotonic() - runner.started)
+        model = runner.request.model
+        usage = runner.adapter.usage
+        counts = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+        )
+        for kind, count in zip(metrics.TOKEN_KINDS, counts, strict=True):
+            if count:
+                metrics.TOKENS.labels(model, kind).inc(count)
+        metrics.COST_USD.labels(model).inc(float(runner.cost))
 
 
 def notify(observers: list[TurnObserver], moment: str, *args: object) -> None:

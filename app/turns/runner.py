@@ -25,6 +25,7 @@ from app.backends.events import Backend, TurnControl, TurnRequest, UsageReport
 from app.config import TurnSettings
 from app.context.ladder import COMPACTED_RUNG, DB_ONLY_RUNG, ContextLadder
 from app.coord.lock import Lease
+from app.observability import metrics
 from app.store.turn_rows import TurnEnd, TurnRows
 from app.store.usage import Usage
 from app.stream import chunks
@@ -68,6 +69,10 @@ class TurnServices:
     ladder: ContextLadder | None = None
     on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
     observers: list[TurnObserver] = field(default_factory=lambda: [MetricsObserver()])
+
+    def __post_init__(self) -> None:
+        # A backend that keeps processes (the Claude SDK's warm CLIs) reports them on /metrics.
+        metrics.watch_processes(self.backend)
 
 
 class TurnRunner:

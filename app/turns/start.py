@@ -17,6 +17,7 @@ from typing import Any, Literal
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
 from app.errors import Conflict, InvalidInput
+from app.observability import metrics
 from app.store.compactions import context_history
 from app.store.messages import MessageRepository, as_ui_message
 from app.store.models import ChatMessage
@@ -80,16 +81,21 @@ async def _take_lease(
     )
     if await lease.acquire(events_key, log_ttl):
         return lease
+    metrics.LEASE_CONTENTION.inc()
     running = ctx.registry.for_session(order.session_id)
     if order.on_conflict == "interrupt" or (running is not None and running.stopping):
         # A turn being stopped (or one we may interrupt, on any replica) frees the session
         # within moments; other turns may start meanwhile.
+        interrupting = order.on_conflict == "interrupt"
         admission.give_back()
         active = await ctx.services.rows.active_turn(order.session_id)
         await ctx.stopper.stop(order.session_id, active)
         await admission.take()
         if await lease.acquire(events_key, log_ttl):
+            outcome = "interrupted" if interrupting else "waited"
+            metrics.START_CONFLICTS.labels(order.on_conflict, outcome).inc()
             return lease
+    metrics.START_CONFLICTS.labels(order.on_conflict, "rejected").inc()
     raise Conflict(
         "a turn is already running in this session: resume it with "
         f"GET /api/v1/chat/{order.session_id}/stream, stop it with POST "

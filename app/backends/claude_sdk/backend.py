@@ -118,6 +118,10 @@ class ClaudeSDKBackend:
             return UpstreamError("upstream_unavailable", f"the CLI failed: {exc}")
         return UpstreamError("internal", f"{type(exc).__name__}: {exc}")
 
+    def census(self) -> dict[str, int]:
+        """This replica's CLI processes, for `/metrics` (`ClientPool.census`)."""
+        return self.pool.census()
+
     async def forget_session(self, session_id: str) -> None:
         """Close the session's CLI and delete its workspace (the transcript rows go with the
         session's rows)."""

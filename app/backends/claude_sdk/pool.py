@@ -86,6 +86,14 @@ class ClientPool:
         """Clients open now (idle and busy)."""
         return len(self.idle) + len(self.busy)
 
+    def census(self) -> dict[str, int]:
+        """CLI processes open or closing, and the idle (warm) clients among them: the
+        `copilot_sdk_*` gauges, read when `/metrics` is scraped."""
+        return {
+            "cli_processes": self.live + len(self._closing),
+            "warm_clients": len(self.idle),
+        }
+
     def take(self, session_id: str) -> LiveClient | None:
         """The session's idle client, now busy (None when it has none)."""
         live = self.idle.pop(session_id, None)
