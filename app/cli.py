@@ -96,6 +96,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
             host=host,
             port=port,
             log_level=ready.server.log_level.lower(),
+            log_config=None,  # uvicorn's lines go through our handler: JSON, ids, redaction
             timeout_graceful_shutdown=int(ready.server.graceful_shutdown_s),
             lifespan="on",
             access_log=False,
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         print(f"copilot: invalid configuration:\n{_configuration_problems(exc)}", file=sys.stderr)
         sys.exit(2)
-    setup_logging(settings.server.log_level)
+    setup_logging(settings)
     args = _parser(settings).parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     try:

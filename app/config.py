@@ -53,6 +53,10 @@ class ServerSettings(BaseSettings):
     graceful_shutdown_s: float = 10.0
     migrate_on_start: bool = True
     log_level: str = "INFO"
+    # Lines as text or JSON; auto: text on a terminal, JSON otherwise (a container, a file).
+    log_format: Literal["auto", "text", "json"] = "auto"
+    # Whether log lines may carry message text (prompts and replies); secrets never.
+    log_prompts: bool = False
     replica_id: str | None = None
     keepalive_s: int = Field(default=5, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)
