@@ -9,6 +9,7 @@ from app.api import chat, docs, health, sessions
 from app.api.errors import envelope_every_error, error_responses, install_error_handlers
 from app.api.headers import edge
 from app.api.limits import BodyLimit
+from app.api.request_ids import RequestIds
 from app.config import Settings
 from app.lifespan import lifespan_for
 
@@ -16,17 +17,20 @@ API_PREFIX = "/api/v1"
 
 
 class CopilotApp(FastAPI):
-    """FastAPI with CORS and the security headers outside even the 500 handler.
+    """FastAPI with the request id, CORS and the security headers outside even the 500
+    handler.
 
     Middleware added with `add_middleware` runs inside Starlette's ServerErrorMiddleware, so
-    a 500 would go out without them; these layers wrap the whole stack instead.
+    a 500 would go out without them (and its log line without the request id); these layers
+    wrap the whole stack instead.
     """
 
     settings: Settings
 
     def build_middleware_stack(self) -> ASGIApp:
         server = self.settings.server
-        return edge(super().build_middleware_stack(), server.cors_origins, server.hsts_max_age_s)
+        stack = edge(super().build_middleware_stack(), server.cors_origins, server.hsts_max_age_s)
+        return RequestIds(stack)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

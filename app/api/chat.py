@@ -25,6 +25,7 @@ from app.config import TurnSettings
 from app.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.lifespan import AppState
 from app.observability import metrics
+from app.observability.log_context import bind
 from app.store.sessions import SessionRepository
 from app.stream.response import EventStream
 from app.stream.sse import HEADERS
@@ -161,6 +162,7 @@ def _stream(
 async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Response:
     """Start a turn and answer with its UI message stream."""
     ctx = _turns(state)
+    bind(session_id=body.id)
     order = _order(body, user.id, state.settings.turns)
     runner = await begin_turn(ctx, order)
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import User
 from app.config import Settings
 from app.lifespan import AppState
+from app.observability.log_context import bind
 
 
 async def get_state(request: Request) -> AppState:
@@ -49,8 +50,10 @@ async def current_user(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> User:
-    """The authenticated caller (401 otherwise)."""
-    return state.auth.authenticate(authorization, x_api_key)
+    """The authenticated caller (401 otherwise); the request's log lines name them."""
+    user = state.auth.authenticate(authorization, x_api_key)
+    bind(user_id=user.id)
+    return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

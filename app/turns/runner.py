@@ -26,6 +26,8 @@ from app.config import TurnSettings
 from app.context.ladder import COMPACTED_RUNG, DB_ONLY_RUNG, ContextLadder
 from app.coord.lock import Lease
 from app.observability import metrics
+from app.observability.log_context import turn_context
+from app.observability.redaction import UserText
 from app.store.turn_rows import TurnEnd, TurnRows
 from app.store.usage import Usage
 from app.stream import chunks
@@ -163,8 +165,15 @@ class TurnRunner:
     # -- the producer ----------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
-        """Start producing in a task of its own."""
-        self.task = asyncio.create_task(self._run(), name=f"turn-{self.turn_id}")
+        """Start producing in a task of its own.
+
+        The task outlives the request that started it: it runs in a copy of the request's
+        context with the turn's ids bound, so its log lines (and those of every task it
+        starts: the backend's, the final write) name the request, user, session and turn."""
+        ids = turn_context(
+            session_id=self.session_id, turn_id=self.turn_id, user_id=self.request.user_id
+        )
+        self.task = asyncio.create_task(self._run(), name=f"turn-{self.turn_id}", context=ids)
         return self.task
 
     def stop(self, reason: str = "stopped") -> bool:
@@ -201,6 +210,8 @@ class TurnRunner:
         if self._on_started is not None:
             self._on_started()
         notify(self.services.observers, "turn_started", self)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("turn %s started: %s", self.turn_id, UserText(_text(self.request.history)))
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
         try:
             if self.stop_reason is not None:
@@ -424,6 +435,9 @@ class TurnRunner:
             await self.lease.release_or_retry()
         self._released.set()
         self._end_streams()
+        if log.isEnabledFor(logging.DEBUG):
+            reply = UserText(_text([{"parts": self.reply.parts()}]))
+            log.debug("turn %s %s: %s", self.turn_id, self.outcome.status, reply)
         notify(self.services.observers, "turn_finished", self)
         for callback in self.services.on_done:
             callback(self)
@@ -436,6 +450,12 @@ class TurnRunner:
     def stopping(self) -> bool:
         """A stop was asked for and the turn has not finished yet."""
         return self.stop_reason is not None and not self.done
+
+
+def _text(messages: list[dict[str, Any]]) -> str:
+    """The text parts of the last message (for a DEBUG line; see `UserText`)."""
+    parts = messages[-1].get("parts", []) if messages else []
+    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
 
 
 def _input(usage: Usage) -> int:

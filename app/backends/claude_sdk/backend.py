@@ -67,6 +67,7 @@ from app.backends.events import (
     TurnRequest,
 )
 from app.config import ContextSettings, SdkSettings, blanked_server_environment
+from app.observability.redaction import UserText
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ class ClaudeSDKBackend:
             session_id=session_id,
             max_turns=self.max_tool_rounds + 1,
             cli_path=self.settings.cli_path,
-            stderr=lambda line: log.debug("claude cli: %s", line.rstrip()),
+            stderr=lambda line: log.debug("claude cli: %s", UserText(line.rstrip())),
         )
 
 

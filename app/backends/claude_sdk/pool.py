@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import OrderedDict
@@ -168,7 +169,10 @@ class ClientPool:
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.create_task(self._reap(), name="sdk-idle-reaper")
+            # Replica-wide, though a turn starts it: its log lines name no turn or session.
+            self._reaper = asyncio.create_task(
+                self._reap(), name="sdk-idle-reaper", context=contextvars.Context()
+            )
 
     async def _reap(self) -> None:
         """Close clients idle for `idle_s`; ends when none is left idle."""
