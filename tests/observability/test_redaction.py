@@ -14,10 +14,7 @@ from app.observability.redaction import REDACTED, Redactor, UserText, secret_val
 
 JWT_SECRET = "jwt-secret-for-the-redaction-test"
 API_KEY = "api-key-0123456789abcdef"
-JWT = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9."
-    "c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
-)
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
 
 
 @pytest.fixture
@@ -94,11 +91,15 @@ def test_a_url_keeps_its_user_and_host_without_the_password() -> None:
     )
 
 
+def _record(*args: object) -> logging.LogRecord:
+    return logging.LogRecord("x", logging.DEBUG, "f", 1, "turn: %s", args, None)
+
+
 def test_message_text_is_hidden_unless_prompts_may_be_logged() -> None:
-    record = logging.LogRecord("x", logging.DEBUG, "f", 1, "turn: %s", (UserText("hi there"),), None)
-    Redactor(log_prompts=False).filter(record)
-    assert record.getMessage() == "turn: [8 characters of message text hidden]"
-    shown = logging.LogRecord("x", logging.DEBUG, "f", 1, "turn: %s", (UserText("hi there"),), None)
+    hidden = _record(UserText("hi there"))
+    Redactor(log_prompts=False).filter(hidden)
+    assert hidden.getMessage() == "turn: [8 characters of message text hidden]"
+    shown = _record(UserText("hi there"))
     Redactor(log_prompts=True).filter(shown)
     assert shown.getMessage() == "turn: hi there"
 
@@ -108,11 +109,9 @@ def test_message_text_hides_itself_where_no_redactor_runs() -> None:
 
 
 def test_secrets_stay_redacted_when_prompts_are_logged() -> None:
-    record = logging.LogRecord(
-        "x", logging.DEBUG, "f", 1, "%s", (UserText(f"my key is {API_KEY}"),), None
-    )
+    record = _record(UserText(f"my key is {API_KEY}"))
     Redactor([API_KEY], log_prompts=True).filter(record)
-    assert record.getMessage() == f"my key is {REDACTED}"
+    assert record.getMessage() == f"turn: my key is {REDACTED}"
 
 
 def test_sql_parameters_are_message_text() -> None:
