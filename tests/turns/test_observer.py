@@ -6,9 +6,12 @@ import logging
 from typing import Any, cast
 
 import pytest
+from prometheus_client import REGISTRY
 
 from app.backends.errors import UpstreamError
-from app.turns.observer import TurnObserver, notify
+from app.backends.events import ContextChange, StepEnd
+from app.context.ladder import Climb
+from app.turns.observer import MetricsObserver, TurnObserver, notify
 
 
 class Recording:
@@ -100,3 +103,29 @@ def test_an_observer_watches_only_the_moments_it_has(
         notify(_observers(object(), after), "turn_started", RUNNER)
     assert caplog.records == []
     assert after.calls == [("turn_started", (RUNNER,))]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_metrics_observer_counts_the_cli_s_compactions_and_the_ladder_s_climbs() -> None:
+    observer, runner = MetricsObserver(), cast(Any, RUNNER)
+    cli = {"method": "cli", "trigger": "auto"}
+    summary = {"method": "summary", "trigger": "prompt_too_long"}
+    rungs = {"rung": "2", "reason": "prompt_too_long"}
+    before = (
+        _sample("copilot_context_compactions_total", **cli),
+        _sample("copilot_context_compactions_total", **summary),
+        _sample("copilot_context_rungs_total", **rungs),
+    )
+    observer.event(runner, ContextChange("cli", "auto", 150_000, 20_000))
+    observer.event(runner, StepEnd())  # not a compaction
+    climb = Climb(2, ContextChange("summary", "prompt_too_long", 190_000, 30_000))
+    observer.climbed(runner, climb, "prompt_too_long")
+    after = (
+        _sample("copilot_context_compactions_total", **cli),
+        _sample("copilot_context_compactions_total", **summary),
+        _sample("copilot_context_rungs_total", **rungs),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
