@@ -72,7 +72,8 @@ class SinkState:
     scores: list[dict[str, Any]] = field(default_factory=list)
     deleted_scores: list[str] = field(default_factory=list)
     requests: int = 0
-    span_count: int = 0
+    span_count: int = 0  # spans decoded (keep=True)
+    batches: int = 0  # exports taken without decoding (keep=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
@@ -106,15 +107,17 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
-    def _body(self) -> bytes:
+    def _body(self, decompress: bool = True) -> bytes:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        if self.headers.get("content-encoding") == "gzip":
+        if decompress and self.headers.get("content-encoding") == "gzip":
             raw = gzip.decompress(raw)
         return raw
 
     def do_POST(self) -> None:
         """Spans or scores."""
-        body = self._body()
+        # Always read the whole body (the connection is kept alive); a counting sink does not
+        # decompress spans.
+        body = self._body(self.server.state.keep or self.path != TRACES_PATH)
         if self._misbehave():
             return
         state = self.server.state
@@ -126,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
                     state.span_count += len(spans)
             else:
                 with state.lock:
-                    state.span_count += 1
+                    state.batches += 1
             self._answer(200)
         elif self.path == SCORES_PATH:
             scores = json.loads(body)
@@ -135,6 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(202, b'{"message": "Accepted"}')
         else:
             self._answer(404)
+
+    def do_GET(self) -> None:
+        """`/healthz`: the sink is up."""
+        self._answer(200 if self.path == "/healthz" else 404)
 
     def do_DELETE(self) -> None:
         """A score taken back."""
@@ -192,7 +199,7 @@ def main() -> None:
         pass
     finally:
         server.server_close()
-        print(json.dumps({"requests": state.requests, "spans": state.span_count}), flush=True)
+        print(json.dumps({"requests": state.requests, "batches": state.batches}), flush=True)
 
 
 if __name__ == "__main__":
