@@ -185,6 +185,46 @@ def test_a_turn_with_a_retry_and_a_tool_call_is_one_trace_of_the_turn_rows_usage
     assert abs(cost - Decimal(str(row["cost_usd"]))) <= Decimal("0.000001")
 
 
+def _usage_of(spans: list[dict[str, Any]]) -> tuple[dict[str, int], Decimal]:
+    usage = {"input": 0, "output": 0, "cache_read_input_tokens": 0,
+             "cache_creation_input_tokens": 0}  # fmt: skip
+    cost = Decimal(0)
+    for span in spans:
+        if _kind(span) != "generation":
+            continue
+        for key, count in _attr(span, "langfuse.observation.usage_details").items():
+            usage[key] += count
+        cost += Decimal(str(_attr(span, "langfuse.observation.cost_details").get("total", 0)))
+    return usage, cost
+
+
+def test_a_stopped_turn_bills_its_trace_what_its_row_bills(
+    traced: Served, sink: RunningSink
+) -> None:
+    sid = f"stopped-{uuid.uuid4().hex[:8]}"
+    body = {"id": sid, "message": "[[fake:text tokens=400 rate=40]]"}
+    with traced.client() as http, traced.client() as control:
+        with http.stream("POST", "/api/v1/chat", json=body) as response:
+            stopped = False
+            for line in response.iter_lines():  # read to the end: the stopped turn ends it
+                if not stopped and '"text-delta"' in line:
+                    assert control.post(f"/api/v1/chat/{sid}/stop").status_code == 202
+                    stopped = True
+            assert stopped
+        turn = finished_turn(control, sid, timeout=30)
+    assert turn["status"] == "stopped", turn
+    usage, cost = _usage_of(_trace(sink, turn["trace_id"]))
+    row = turn["usage"]
+    assert usage == {
+        "input": row["input_tokens"],
+        "output": row["output_tokens"],
+        "cache_read_input_tokens": row["cache_read_tokens"],
+        "cache_creation_input_tokens": row["cache_write_tokens"],
+    }
+    assert 0 < row["output_tokens"] < 400  # cut short: the output is (partly) estimated
+    assert abs(cost - Decimal(str(row["cost_usd"]))) <= Decimal("0.000001")
+
+
 def _reply_id(http: httpx.Client, sid: str) -> tuple[str, str]:
     messages = http.get(f"/api/v1/sessions/{sid}/messages").json()["messages"]
     user = next(m["id"] for m in messages if m["role"] == "user")
@@ -311,7 +351,7 @@ def test_turns_finish_on_time_and_the_server_stops_in_time_when_langfuse_is_unre
         for i in range(3):
             began = time.monotonic()
             _chat(served, f"down-{uuid.uuid4().hex[:8]}", f"{TOOL} turn {i}")
-            assert time.monotonic() - began < 2.0
+            assert time.monotonic() - began < 3.0  # instant upstream: well under a second
         wait_until(lambda: _exported_failures(served) >= 1, timeout=15)
         began = time.monotonic()
         served.proc.send_signal(signal.SIGTERM)
