@@ -416,6 +416,27 @@ class ContextSettings(BaseSettings):
         return best[1] if best else 200_000
 
 
+class LangfuseSettings(BaseSettings):
+    """Langfuse traces of turns and feedback scores; off unless both keys are set.
+
+    Exports run on the SDK's own threads: `timeout_s` bounds one export (its retries
+    included) and the final flush at shutdown; nothing on the event loop waits on it.
+    """
+
+    model_config = _config("LANGFUSE_")
+
+    public_key: str | None = None
+    secret_key: SecretStr | None = None
+    base_url: str = "https://cloud.langfuse.com"
+    timeout_s: float = Field(default=3.0, gt=0)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether traces are sent (both keys set)."""
+        return bool(self.public_key and self.secret_key)
+
+
 class Settings(BaseModel):
     """Every setting of the service, grouped by concern."""
 
@@ -427,3 +448,4 @@ class Settings(BaseModel):
     turns: TurnSettings = Field(default_factory=TurnSettings)
     sdk: SdkSettings = Field(default_factory=SdkSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
+    langfuse: LangfuseSettings = Field(default_factory=LangfuseSettings)

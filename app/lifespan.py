@@ -9,7 +9,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from redis.asyncio import Redis, RedisCluster
@@ -21,6 +21,9 @@ from app.coord.redis import Keys, create_redis
 from app.store.db import connect_args, create_engine, create_session_factory
 from app.store.turn_rows import TurnRows
 from app.turns.services import TurnContext
+
+if TYPE_CHECKING:
+    from app.observability.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class AppState:
     keys: Keys
     auth: Authenticator
     turns: TurnContext | None = None
+    tracer: Tracer | None = None
 
 
 def lifespan_for(settings: Settings) -> Any:
@@ -69,12 +73,39 @@ def lifespan_for(settings: Settings) -> Any:
                 keys=Keys(settings.redis.key_prefix),
                 auth=Authenticator(settings.auth),
             )
+            # Opened before the turns and closed after them: the last turns' spans are
+            # flushed once every turn has ended.
+            state.tracer = _open_tracer(settings)
+            if state.tracer is not None:
+                stack.push_async_callback(state.tracer.close)
             state.turns = await stack.enter_async_context(_turn_machinery(state))
             app.state.copilot = state
             log.info("copilot-server ready (auth: %s)", "local" if state.auth.local else "on")
             yield
 
     return lifespan
+
+
+def _open_tracer(settings: Settings) -> Tracer | None:
+    """The Langfuse client when both keys are set; nothing (and no log) when neither is."""
+    langfuse = settings.langfuse
+    if not langfuse.enabled:
+        if langfuse.public_key or langfuse.secret_key:
+            log.warning("Langfuse tracing is off: set both LANGFUSE_PUBLIC_KEY and _SECRET_KEY")
+        return None
+    assert langfuse.public_key is not None
+    assert langfuse.secret_key is not None
+    from app.observability.tracing import Tracer  # the SDK is imported only when it is used
+
+    tracer = Tracer.open(
+        public_key=langfuse.public_key,
+        secret_key=langfuse.secret_key.get_secret_value(),
+        base_url=langfuse.base_url,
+        timeout_s=langfuse.timeout_s,
+        flush_interval_s=langfuse.flush_interval_s,
+    )
+    log.info("Langfuse tracing on: %s", langfuse.base_url)
+    return tracer
 
 
 @contextlib.asynccontextmanager
@@ -125,19 +156,24 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         stack.push_async_callback(eventlog.close)
         registry = TurnRegistry()
         compactor = Compactor(settings.context, client, state.turn_rows.pool)
+        replica = settings.server.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         services = TurnServices(
             rows=state.turn_rows,
             settings=settings.turns,
             eventlog=eventlog,
             backend=backend,
             ladder=ContextLadder(settings.context, compactor),
+            replica_id=replica,
             on_done=[registry.done],
         )
+        if state.tracer is not None:
+            from app.turns.tracing import TracingObserver
+
+            services.observers.append(TracingObserver(state.tracer))
         titles = None
         if settings.turns.title_generation:
             titles = TitleWriter(client, settings.anthropic.title_model, state.sessions)
             stack.push_async_callback(titles.close)
-        replica = settings.server.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         maintenance = TurnMaintenance(registry, state.turn_rows, state.redis, settings.turns)
         maintenance.start()
         stack.push_async_callback(maintenance.close)

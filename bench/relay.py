@@ -4,6 +4,7 @@ through `copilot serve`.
     uv run python bench/relay.py                    # N = 1,50,200,500; 300 tokens at 100/s
     uv run python bench/relay.py --quick            # smoke run, well under a minute
     uv run python bench/relay.py --modes copilot --n 200 --profile    # plus a py-spy run
+    uv run python bench/relay.py --modes copilot --n 200 --tracing    # tracing off vs on
 
 Modes (each row of the table):
 - `upstream`: the load generator talks to the fake upstream directly (`POST /v1/messages`):
@@ -12,6 +13,10 @@ Modes (each row of the table):
   chunks; no database, no Redis, no retries): the floor any peer pays.
 - `copilot`: `copilot serve` with Postgres and Redis of this machine (a bench database created
   for the run and dropped after it, a unique Redis key prefix, title generation off).
+- `copilot-traced` (`--tracing` adds it after `copilot`): the same with Langfuse tracing on,
+  exporting to a stand-in Langfuse (`app/devtools/langfuse_sink.py`) in a process of its own
+  that takes every batch (its CPU is not charged to the server). The targets compare it with
+  the `copilot` row of the same N: server CPU per 1k tokens and TTFT p50 within +5%.
 
 Every (mode, N) gets fresh processes: a fake upstream (`copilot fake-upstream`), the server
 (for relay and copilot), and the load generator (`bench/loadgen.py`, raw asyncio sockets on
@@ -122,7 +127,7 @@ def _drive(
         raise RuntimeError(f"load generator did not start: see {logs / 'loadgen.log'}")
     server_proc, fake_proc = psutil.Process(server.pid), psutil.Process(fake.pid)
     store = None
-    if run.mode == "copilot" and bench.database:
+    if run.mode.startswith("copilot") and bench.database:
         port = urlsplit(args.redis_url).port or 6379
         database = bench.database
         store = CpuByPid(lambda: postgres_backends(database) + redis_server(port))
@@ -186,7 +191,7 @@ def measure(bench: Bench, mode: str, n: int, profiled: bool = False) -> Run:
     finally:
         for proc in reversed(procs):
             proc.stop()
-    if mode == "copilot":
+    if mode.startswith("copilot"):
         run.persisted, run.persist_problems = persisted_replies(
             bench.database_url, prefix(bench, run), n, bench.args.tokens
         )
@@ -235,6 +240,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-n", type=int, default=200)
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run copilot with Langfuse tracing on (mode copilot-traced) after each "
+        "copilot row, against a local stand-in Langfuse",
+    )
+    parser.add_argument(
         "--database-url",
         default="postgresql://postgres@127.0.0.1:5432/test",
         help="admin connection; a bench database is created beside it",
@@ -271,6 +282,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tokens = 100 if args.quick else 300
     args.n_list = [int(x) for x in args.n.split(",") if x.strip()]
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.tracing and "copilot-traced" not in args.mode_list:
+        at = args.mode_list.index("copilot") + 1 if "copilot" in args.mode_list else None
+        args.mode_list.insert(at if at is not None else len(args.mode_list), "copilot-traced")
     unknown = set(args.mode_list) - set(MODES)
     if unknown:
         parser.error(f"unknown modes: {sorted(unknown)}")
@@ -290,7 +304,8 @@ def header(args: argparse.Namespace) -> str:
         f"{psutil.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
         f"load average {load}; code: {code_version(args.app_dir)}\n"
         f"{args.tokens} tokens at {args.rate:g} tokens/s per chat; N = {args.n}; modes "
-        f"{args.modes}; chats start {'at once' if not args.ramp else f'over {args.ramp}s'}; "
+        f"{','.join(args.mode_list)}; chats start "
+        f"{'at once' if not args.ramp else f'over {args.ramp}s'}; "
         "fresh fake upstream + server + load generator processes per row, 2 warm-up chats"
     )
 
@@ -304,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, run_id, out, clean_env())
     print(header(args), flush=True)
-    if "copilot" in args.mode_list:
+    if any(m.startswith("copilot") for m in args.mode_list):
         bench.database = f"copilot_bench_{run_id}"
         create_database(args.database_url, bench.database)
     if args.profile and "copilot" in args.mode_list:
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bench.database and not args.keep_db:
             drop_database(args.database_url, bench.database)
-        if "copilot" in args.mode_list:
+        if bench.database:
             clear_redis(args.redis_url, f"copilot-bench-{run_id}")
     elapsed = time.monotonic() - began
     (out / "results.json").write_bytes(

@@ -172,6 +172,7 @@ def target_lines(runs: list[Run]) -> list[str]:
             f"{_num(get(relay), digits)} {unit} = "
             f"{'-' if ratio is None else f'{ratio:.2f}'}x"
         )
+    out.extend(tracing_lines(runs))
     if copilot is not None and relay is not None:
         p99 = _ratio(copilot.ttft_p99_ms, relay.ttft_p99_ms)
         out.append(
@@ -189,4 +190,33 @@ def problem_lines(runs: list[Run]) -> list[str]:
             out.append(f"{run.label} N={run.n} error: {sample}")
         for sample in run.persist_problems:
             out.append(f"{run.label} N={run.n} not persisted: {sample}")
+    return out
+
+
+TRACING_TARGET = 1.05  # tracing on may cost at most 5% more CPU per turn and TTFT
+
+
+def tracing_lines(runs: list[Run]) -> list[str]:
+    """Per N measured both ways: copilot with tracing on against copilot without."""
+    out = []
+    for traced in runs:
+        if traced.mode != "copilot-traced" or traced.profiled:
+            continue
+        plain = _copilot_at(runs, traced.n)
+        checks: tuple[tuple[str, Callable[[Run], float | None], str, int], ...] = (
+            ("CPU per 1k tokens (server process)", lambda r: r.per_1k(r.cpu_server_s), "s", 3),
+            ("TTFT p50", lambda r: r.ttft_p50_ms, "ms", 1),
+        )
+        for what, get, unit, digits in checks:
+            name = f"copilot N={traced.n}: {what} with tracing within +5% of without"
+            if plain is None:
+                out.append(f"n/a   {name} (copilot not measured at this N)")
+                continue
+            ratio = _ratio(get(traced), get(plain))
+            ok = ratio is not None and ratio <= TRACING_TARGET
+            out.append(
+                f"{'PASS' if ok else 'MISS'}  {name}: {_num(get(traced), digits)} {unit} vs "
+                f"{_num(get(plain), digits)} {unit} = "
+                f"{'-' if ratio is None else f'{ratio:.3f}'}x"
+            )
     return out

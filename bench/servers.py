@@ -18,7 +18,9 @@ from storage import database_url
 
 BENCH = Path(__file__).resolve().parent
 COPILOT = str(Path(sys.executable).parent / "copilot")
-MODES = {"upstream": "anthropic", "relay": "ui", "copilot": "ui"}
+MODES = {"upstream": "anthropic", "relay": "ui", "copilot": "ui", "copilot-traced": "ui"}
+# What `copilot-traced` sets: tracing on, exporting to a stand-in Langfuse of its own.
+TRACING_KEYS = {"LANGFUSE_PUBLIC_KEY": "pk-lf-bench", "LANGFUSE_SECRET_KEY": "sk-lf-bench"}
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Bench:
 
 def clean_env() -> dict[str, str]:
     """This environment without the variables copilot reads, so none leaks into a run."""
-    drop = ("COPILOT_", "ANTHROPIC_")
+    drop = ("COPILOT_", "ANTHROPIC_", "LANGFUSE_")
     return {
         k: v
         for k, v in os.environ.items()
@@ -123,9 +125,23 @@ def start_servers(
         else:
             argv = [COPILOT, "serve", "--host", "127.0.0.1", "--port", str(port)]
             env = copilot_env(bench, fake_url)
+            if mode == "copilot-traced":
+                env.update(TRACING_KEYS, LANGFUSE_BASE_URL=start_sink(bench, logs, procs))
             server = Spawned.start("copilot", argv, env, logs, cwd=bench.args.app_dir)
             ready = "/readyz"
         procs.append(server)
     fake.wait_ready(fake_url + "/healthz")
     server.wait_ready(url + ready)
     return fake, server, url
+
+
+def start_sink(bench: Bench, logs: Path, procs: list[Spawned]) -> str:
+    """A stand-in Langfuse (`app.devtools.langfuse_sink`, counting what it receives) in a
+    process of its own; its URL once it answers."""
+    port = free_port()
+    argv = [sys.executable, "-m", "app.devtools.langfuse_sink", "--port", str(port)]
+    sink = Spawned.start("langfuse-sink", argv, bench.app_env, logs, cwd=bench.args.app_dir)
+    procs.append(sink)
+    url = f"http://127.0.0.1:{port}"
+    sink.wait_ready(url + "/healthz")
+    return url

@@ -59,7 +59,8 @@ def clean_environ() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("COPILOT_", "ANTHROPIC_")) and k not in ("DATABASE_URL", "REDIS_URL")
+        if not k.startswith(("COPILOT_", "ANTHROPIC_", "LANGFUSE_"))
+        and k not in ("DATABASE_URL", "REDIS_URL")
     }
 
 

@@ -28,16 +28,50 @@ def test_docker_compose_config_validates() -> None:
         env={**os.environ, "COPILOT_JWT_SECRET": "ci-secret"},
     )
     assert result.returncode == 0, result.stderr
-    services = subprocess.run(
-        [tool, "config", "--services"],
+    yaml = pytest.importorskip("yaml")
+    resolved = subprocess.run(
+        [tool, "--profile", "langfuse", "config"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "COPILOT_JWT_SECRET": "ci-secret"},
+        env={
+            **os.environ,
+            "COPILOT_JWT_SECRET": "ci-secret",
+            "LANGFUSE_PUBLIC_KEY": "pk-lf-ci",
+            "LANGFUSE_SECRET_KEY": "sk-lf-ci",
+        },
         check=True,
-    ).stdout.split()
-    assert sorted(services) == ["app", "postgres", "redis"]
+    ).stdout
+    services = yaml.safe_load(resolved)["services"]
+    # Without a profile: the app and its own dependencies.
+    assert sorted(name for name, s in services.items() if not s.get("profiles")) == [
+        "app",
+        "postgres",
+        "redis",
+    ]
+    # The `langfuse` profile: Langfuse v3 and everything it needs.
+    assert sorted(name for name, s in services.items() if s.get("profiles") == ["langfuse"]) == [
+        "langfuse-clickhouse",
+        "langfuse-minio",
+        "langfuse-postgres",
+        "langfuse-redis",
+        "langfuse-web",
+        "langfuse-worker",
+    ]
+    app = services["app"]["environment"]
+    assert app["LANGFUSE_BASE_URL"] == "http://langfuse-web:3000"
+    web = services["langfuse-web"]["environment"]
+    worker = services["langfuse-worker"]["environment"]
+    for env in (web, worker):
+        assert env["DATABASE_URL"].startswith("postgresql://langfuse:langfuse@langfuse-postgres")
+        assert env["CLICKHOUSE_URL"] == "http://langfuse-clickhouse:8123"
+        assert env["REDIS_HOST"] == "langfuse-redis"
+        assert env["LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"] == "http://langfuse-minio:9000"
+        assert len(env["ENCRYPTION_KEY"]) == 64
+    # The project the profile creates has the keys the app sends with.
+    assert web["LANGFUSE_INIT_PROJECT_PUBLIC_KEY"] == app["LANGFUSE_PUBLIC_KEY"] == "pk-lf-ci"
+    assert web["LANGFUSE_INIT_PROJECT_SECRET_KEY"] == app["LANGFUSE_SECRET_KEY"] == "sk-lf-ci"
 
 
 def test_dockerfile_is_multi_stage_with_uv_and_a_non_root_user() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.api.text import Metadata, Title
+from app.api.text import Metadata, Text, Title
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
@@ -139,9 +139,28 @@ class TurnOut(BaseModel):
     ttft_ms: int | None
     duration_ms: int | None
     usage: UsageOut
+    trace_id: str | None = None  # the turn's Langfuse trace, when tracing is on
 
 
 class TurnList(BaseModel):
     """A session's turns, oldest first."""
 
     turns: list[TurnOut]
+
+
+class FeedbackIn(BaseModel):
+    """A thumbs up or down on an assistant reply, with an optional comment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal["up", "down"]
+    comment: Annotated[Text, StringConstraints(max_length=2000)] | None = None
+
+
+class FeedbackOut(BaseModel):
+    """The rating stored for a reply."""
+
+    message_id: str
+    rating: Literal["up", "down"]
+    comment: str | None
+    updated_at: datetime

@@ -1,4 +1,4 @@
-"""The sessions REST API: create, list, get, rename, delete, history and turns."""
+"""The sessions REST API: create, list, get, rename, delete, history, turns and feedback."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from app.api.errors import error_responses
 from app.api.schemas import (
     SESSION_ID_PATTERN,
     AttemptOut,
+    FeedbackIn,
+    FeedbackOut,
     MessagePage,
     SessionCreate,
     SessionOut,
@@ -25,9 +27,10 @@ from app.api.schemas import (
 )
 from app.api.text import Identifier
 from app.config import Settings
-from app.errors import InvalidInput
+from app.errors import Conflict, InvalidInput, NotFound
+from app.store.feedback import FeedbackRepository, feedback_out
 from app.store.messages import MessageRepository, as_ui_message
-from app.store.models import ChatSession, Turn, TurnAttempt
+from app.store.models import ChatMessage, ChatSession, Turn, TurnAttempt
 from app.store.sessions import SessionRepository
 from app.store.turns import TurnRepository
 
@@ -39,6 +42,7 @@ router = APIRouter(
 )
 
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="The session id")]
+MessageIdPath = Annotated[Identifier, Path(description="The id of an assistant message")]
 
 
 def _usage(row: ChatSession | Turn) -> UsageOut:
@@ -100,6 +104,7 @@ def _turn_out(row: Turn, attempts: list[TurnAttempt]) -> TurnOut:
         ttft_ms=row.ttft_ms,
         duration_ms=row.duration_ms,
         usage=_usage(row),
+        trace_id=row.trace_id,
     )
 
 
@@ -191,12 +196,22 @@ async def list_messages(
     """History as AI SDK UIMessages, oldest first; `before` pages back from a message id.
 
     The reply of a turn still running is left out: resuming its stream replays it whole.
+    A rated reply has `metadata.feedback` (`{rating, comment?}`).
     """
     session = await SessionRepository(db).get(user.id, session_id)
     rows, more = await MessageRepository(db).page(session_id, limit, before)
     active = session.active_turn_id
     shown = [r for r in rows if active is None or r.turn_id != active or r.role != "assistant"]
-    return MessagePage(messages=[UIMessageOut(**as_ui_message(r)) for r in shown], has_more=more)
+    rated = await FeedbackRepository(db).for_messages(
+        session_id, [r.message_id for r in shown if r.role == "assistant"]
+    )
+    messages = []
+    for row in shown:
+        message = as_ui_message(row)
+        if row.message_id in rated:
+            message["metadata"]["feedback"] = feedback_out(rated[row.message_id])
+        messages.append(UIMessageOut(**message))
+    return MessagePage(messages=messages, has_more=more)
 
 
 @router.get("/{session_id}/turns", response_model=TurnList)
@@ -207,3 +222,89 @@ async def list_turns(session_id: SessionIdPath, user: CurrentUser, db: SessionDe
     rows = await turns.for_session(session_id)
     attempts = await turns.attempts([r.id for r in rows])
     return TurnList(turns=[_turn_out(r, attempts.get(r.id, [])) for r in rows])
+
+
+async def _rated_reply(
+    db: SessionDep, user_id: str, session_id: str, message_id: str
+) -> ChatMessage:
+    """The caller's finished assistant message, or the error saying why it cannot be rated."""
+    await SessionRepository(db).get(user_id, session_id)
+    message = await MessageRepository(db).by_message_id(session_id, message_id)
+    if message is None:
+        raise NotFound(
+            f"no message {message_id!r} in session {session_id!r}", code="message_not_found"
+        )
+    if message.role != "assistant":
+        raise InvalidInput(
+            f"message {message_id!r} is the user's: only assistant replies take feedback",
+            code="not_an_assistant_message",
+        )
+    if message.status == "streaming":
+        raise Conflict(
+            f"message {message_id!r} is still being written: rate it once its turn ends",
+            code="reply_in_progress",
+        )
+    return message
+
+
+async def _trace_of(db: SessionDep, message: ChatMessage) -> str | None:
+    if message.turn_id is None:
+        return None
+    turn = await TurnRepository(db).get(message.turn_id)
+    return turn.trace_id if turn is not None else None
+
+
+@router.put(
+    "/{session_id}/messages/{message_id}/feedback",
+    response_model=FeedbackOut,
+    responses=error_responses(422),
+)
+async def put_feedback(
+    session_id: SessionIdPath,
+    message_id: MessageIdPath,
+    body: FeedbackIn,
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+) -> FeedbackOut:
+    """Rate an assistant reply (up or down, with a comment); a new rating replaces the old.
+
+    Sent to Langfuse as a score of the reply's turn trace when tracing is on.
+    """
+    message = await _rated_reply(db, user.id, session_id, message_id)
+    row = await FeedbackRepository(db).put(
+        session_id, message_id, user.id, body.rating, body.comment
+    )
+    trace_id = await _trace_of(db, message)
+    out = FeedbackOut(
+        message_id=message_id, rating=body.rating, comment=row.comment, updated_at=row.updated_at
+    )
+    await db.commit()  # stored before it is sent: a score never precedes its row
+    if state.tracer is not None and trace_id is not None:
+        state.tracer.score_feedback(
+            trace_id=trace_id, message_id=message_id, rating=body.rating, comment=body.comment
+        )
+    return out
+
+
+@router.delete(
+    "/{session_id}/messages/{message_id}/feedback",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(422),
+)
+async def delete_feedback(
+    session_id: SessionIdPath,
+    message_id: MessageIdPath,
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+) -> Response:
+    """Take a rating back: 204, also when the reply had none (the result is the same)."""
+    message = await _rated_reply(db, user.id, session_id, message_id)
+    removed = await FeedbackRepository(db).remove(session_id, message_id)
+    trace_id = await _trace_of(db, message)
+    await db.commit()
+    if removed and state.tracer is not None and trace_id is not None:
+        state.tracer.retract_feedback(trace_id=trace_id, message_id=message_id)
+    return Response(status_code=204)

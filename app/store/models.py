@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     Numeric,
@@ -115,6 +116,33 @@ class Turn(UsageColumns, Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ttft_ms: Mapped[int | None] = mapped_column(Integer)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # The turn's Langfuse trace (32 hex digits), when tracing is on.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class MessageFeedback(Base):
+    """A user's rating of an assistant reply: one row per message, replaced on change."""
+
+    __tablename__ = "message_feedback"
+    __table_args__ = (
+        UniqueConstraint("session_id", "message_id", name="uq_message_feedback_session_message"),
+        ForeignKeyConstraint(
+            ["session_id", "message_id"],
+            ["chat_messages.session_id", "chat_messages.message_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(128))
+    message_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(255))
+    rating: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
 
 
 class TurnAttempt(Base):

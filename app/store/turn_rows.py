@@ -112,7 +112,7 @@ WITH fence AS (
         finish_reason = $8, error_code = $9, error_message = $10,
         attempts = $11, first_token_at = $13, finished_at = $14, ttft_ms = $15,
         duration_ms = $16, input_tokens = $17, output_tokens = $18, cache_read_tokens = $19,
-        cache_write_tokens = $20, cost_usd = $21, context_rung = $22
+        cache_write_tokens = $20, cost_usd = $21, context_rung = $22, trace_id = $23
     WHERE id = $2::uuid AND finished_at IS NULL
     RETURNING id
 ), attempt_rows AS (
@@ -183,6 +183,7 @@ class TurnEnd:
     duration_ms: int
     usage: Usage
     cost: Decimal
+    trace_id: str | None = None
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -357,6 +358,7 @@ class TurnRows:
             usage.cache_write_tokens,
             end.cost,
             max((a["context_rung"] for a in end.attempt_log), default=1),
+            end.trace_id,
         )
 
 

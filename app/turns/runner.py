@@ -69,6 +69,7 @@ class TurnServices:
     eventlog: EventLogWriter
     backend: Backend
     ladder: ContextLadder | None = None
+    replica_id: str = ""
     on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
     observers: list[TurnObserver] = field(default_factory=lambda: [MetricsObserver()])
 
@@ -89,9 +90,14 @@ class TurnRunner:
         events_key: str,
         lease: Lease | None,
         on_started: Callable[[], None] | None = None,
+        trigger: str = "submit-message",
+        on_conflict: str = "reject",
     ) -> None:
         self.services = services
         self.request = request
+        self.trigger = trigger
+        self.on_conflict = on_conflict
+        self.trace_id: str | None = None  # set by a tracing observer when the turn starts
         self.session_id = request.session_id
         self.turn_id = request.turn_id
         self.turn_uuid = uuid.UUID(request.turn_id)
@@ -415,6 +421,7 @@ class TurnRunner:
             duration_ms=int((finished_at - self.started_at) / ms),
             usage=self.adapter.usage,
             cost=self.cost,
+            trace_id=self.trace_id,
         )
 
     async def _write_final(self) -> None:

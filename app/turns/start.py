@@ -287,6 +287,8 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
         events_key=events_key,
         lease=lease,
         on_started=admission.give_back,
+        trigger=order.trigger,
+        on_conflict=order.on_conflict,
     )
     ctx.registry.add(runner)
     runner.start()
