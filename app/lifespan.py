@@ -103,6 +103,7 @@ def _open_tracer(settings: Settings) -> Tracer | None:
         base_url=langfuse.base_url,
         timeout_s=langfuse.timeout_s,
         flush_interval_s=langfuse.flush_interval_s,
+        compression=langfuse.otel_compression,
     )
     log.info("Langfuse tracing on: %s", langfuse.base_url)
     return tracer
