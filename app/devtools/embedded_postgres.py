@@ -14,9 +14,10 @@ gets the parent-death signal: SIGINT, a fast shutdown. It listens on 127.0.0.1 o
 socket, and `pg_hba.conf` trusts loopback TCP and nothing else.
 
 PostgreSQL refuses to run as root. When we are root we run its binaries in a fresh user namespace
-that maps root (outside) to `nobody` (inside): postgres sees a non-root uid that owns its files,
-while on disk they stay root's, so no chown, no new user and no chmod of parent directories is
-needed, and any data dir works (even under `/root` or pytest's 0700 temp dirs). Where user
+(made by util-linux `unshare`) that maps root (outside) to `nobody` (inside): postgres sees a
+non-root uid that owns its files, while on disk they stay root's, so no chown, no new user and
+no chmod of parent directories is needed, and any data dir works (even under `/root` or
+pytest's 0700 temp dirs). Where user
 namespaces are blocked (Docker's default seccomp profile, for one) we fall back to dropping to
 `nobody` itself with the cluster chowned to it; then every parent of the data dir must let
 `nobody` through, and we say which one does not. The binaries must be reachable too, and a
@@ -36,7 +37,6 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ from app.devtools.processes import (
     log_tail,
     spawn,
     stop_child,
-    user_namespace_entry,
+    user_namespace_argv,
 )
 
 DATABASE = "copilot"
@@ -77,7 +77,7 @@ class _Runner:
     """How PostgreSQL's own binaries are run: who they are and who owns the cluster."""
 
     description: str
-    before_exec: Callable[[], None] | None = None
+    prefix: tuple[str, ...] = ()  # runs the binary in a user namespace (`unshare ... --`)
     user: int | None = None
     group: int | None = None
 
@@ -94,11 +94,10 @@ class _Runner:
         """Start one of PostgreSQL's binaries, appending its output to `log`."""
         with log.open("ab") as out:
             return spawn(
-                argv,
+                [*self.prefix, *argv],
                 stdout=out,
                 env=_ENV,
                 death_signal=death_signal,
-                before_exec=self.before_exec,
                 user=self.user,
                 group=self.group,
             )
@@ -118,19 +117,19 @@ def _runner() -> _Runner:
     if os.geteuid() != 0:
         return _Runner("the current user")
     nobody = _nobody()
-    in_namespace = _Runner(
-        "root mapped to nobody in a user namespace", before_exec=user_namespace_entry(nobody)
-    )
-    try:
-        probe = in_namespace.spawn(
-            [str(postgres_bin() / "postgres"), "--version"], Path(os.devnull), signal.SIGKILL
-        )
-    except (OSError, subprocess.SubprocessError):  # unshare refused in the pre-exec step
-        probe = None
-    if probe is not None:
-        stop_child(probe, [], grace=_CLIENT_TIMEOUT)
-        if probe.returncode == 0:
-            return in_namespace
+    prefix = user_namespace_argv(nobody)
+    if prefix is not None:
+        in_namespace = _Runner("root mapped to nobody in a user namespace", tuple(prefix))
+        try:
+            probe = in_namespace.spawn(
+                [str(postgres_bin() / "postgres"), "--version"], Path(os.devnull), signal.SIGKILL
+            )
+        except (OSError, subprocess.SubprocessError):
+            probe = None
+        if probe is not None:
+            stop_child(probe, [], grace=_CLIENT_TIMEOUT)
+            if probe.returncode == 0:  # not when user namespaces are blocked
+                return in_namespace
     return _Runner("the nobody user", user=nobody[0], group=nobody[1])
 
 

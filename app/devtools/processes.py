@@ -23,6 +23,7 @@ import errno
 import fcntl
 import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import IO
 
 _PR_SET_PDEATHSIG = 1
-_CLONE_NEWUSER = 0x10000000
 
 
 class EmbeddedServiceError(RuntimeError):
@@ -173,27 +173,18 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return f"last lines of {path}:\n{tail}"
 
 
-def user_namespace_entry(inside: tuple[int, int]) -> Callable[[], None]:
-    """A `before_exec` step: enter a new user namespace mapping our uid/gid to `inside`."""
-    unshare = ctypes.CDLL(None, use_errno=True).unshare
-    maps = (
-        ("uid_map", f"{inside[0]} {os.geteuid()} 1"),
-        ("setgroups", "deny"),
-        ("gid_map", f"{inside[1]} {os.getegid()} 1"),
-    )
+def user_namespace_argv(inside: tuple[int, int]) -> list[str] | None:
+    """A command prefix that runs a program in a new user namespace mapping our uid/gid to
+    `inside` (util-linux `unshare`), or None when there is no `unshare` here.
 
-    def enter() -> None:
-        if unshare(_CLONE_NEWUSER) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        for name, text in maps:
-            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
-
-    return enter
+    The namespace is made by a program of its own, not in our pre-exec step: a process that
+    ever started an OpenTelemetry batch processor (the Langfuse client) has a fork hook that
+    starts a thread in every child, and the kernel refuses a new user namespace to a
+    multithreaded process."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    return [unshare, f"--map-user={inside[0]}", f"--map-group={inside[1]}", "--"]
 
 
 @functools.cache

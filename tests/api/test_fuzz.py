@@ -137,8 +137,9 @@ def _poison(case: Case, char: str | None, pick: int) -> None:
     if not places:
         return
     root, path = places[pick % len(places)]
-    if not path:  # the body itself is a string (a negative case)
-        case.body = root + char
+    if not path:  # the body itself is a string (a negative case), sent as raw text
+        if char != "\ud800":  # which has no UTF-8 for a lone surrogate either
+            case.body = root + char
         return
     for key in path[:-1]:
         root = root[key]

@@ -8,7 +8,7 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -226,16 +226,13 @@ def test_root_as_nobody_runs_binaries_nobody_cannot_reach_from_a_copy_made_once(
 def test_root_falls_back_to_nobody_when_user_namespaces_are_blocked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def blocked(inside: tuple[int, int]) -> Callable[[], None]:
-        def enter() -> None:
-            raise PermissionError(1, "unshare: Operation not permitted")
+    def blocked(inside: tuple[int, int]) -> list[str]:
+        return ["/bin/false", "--"]  # as `unshare` fails where user namespaces are blocked
 
-        return enter
-
-    monkeypatch.setattr(embedded_postgres, "user_namespace_entry", blocked)
+    monkeypatch.setattr(embedded_postgres, "user_namespace_argv", blocked)
     runner = embedded_postgres._runner.__wrapped__()
     assert (runner.user, runner.group) == embedded_postgres._nobody()
-    assert runner.before_exec is None
+    assert runner.prefix == ()
 
 
 def test_a_damaged_cluster_is_reported_not_replaced(tmp_path: Path) -> None:

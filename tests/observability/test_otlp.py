@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -45,8 +47,13 @@ def _spans() -> list[ReadableSpan]:
     child.set_status(Status(StatusCode.OK))
     child.end()
     parent.end()
-    tracer.provider.shutdown()
-    return list(memory.get_finished_spans())
+    spans = list(memory.get_finished_spans())
+    # Closed as the lifespan closes it: a Langfuse client left open keeps threads, and
+    # OpenTelemetry's fork hook would start one in every child this process forks.
+    asyncio.run(tracer.close())
+    del tracer, sdk
+    gc.collect()  # its span processor's fork hook holds it weakly: let it go now
+    return spans
 
 
 def test_the_encoding_decodes_to_what_opentelemetry_encodes() -> None:
