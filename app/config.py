@@ -339,6 +339,7 @@ class TurnSettings(BaseSettings):
     retry_max_delay_s: float = 8.0
     lease_ttl_s: float = 30.0
     start_concurrency: int = Field(default=16, ge=1)
+    max_active_turns_per_user: int = Field(default=0, ge=0)
     title_generation: bool = True
     rate_card: dict[str, Rate] = Field(default_factory=_default_rate_card)
 

@@ -46,3 +46,14 @@ class InvalidInput(AppError):
 class ServiceUnavailable(AppError):
     code = "unavailable"
     status = 503
+
+
+class TooManyRequests(AppError):
+    """Refused for now; `retry_after_s` becomes the `Retry-After` header."""
+
+    code = "too_many_requests"
+    status = 429
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

@@ -157,6 +157,7 @@ def _stream(
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "AI SDK UI message stream v1"},
         409: {"description": "a turn is already running in this session"},
+        429: {"description": "the user runs COPILOT_MAX_ACTIVE_TURNS_PER_USER turns already"},
     },
 )
 async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Response:

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.schemas import ErrorOut
 from app.api.text import clean_value
-from app.errors import AppError
+from app.errors import AppError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ _MEANINGS = {
     409: "conflicts with the session's state",
     413: "a body, message or attachment above its configured limit",
     422: "a malformed body, parameter or field (named in `fields`)",
+    429: "a limit was reached; try again after `Retry-After` seconds",
     503: "a dependency (database, Redis) is unreachable; nothing was done",
 }
 
@@ -79,7 +80,10 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

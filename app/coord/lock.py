@@ -6,10 +6,13 @@ import asyncio
 import functools
 import secrets
 import time
+from collections.abc import Sequence
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+
+from app.coord.slots import UserSlot
 
 # Takes the lease and, when a second key is given, creates that stream (one empty entry, a TTL)
 # in the same round trip: a turn's EventLog must exist before the turn is visible.
@@ -40,12 +43,18 @@ return 0
 """
 
 
-async def refresh_all(redis: Redis | RedisCluster, leases: list[Lease]) -> list[bool]:
-    """Refresh many leases in one pipeline; which are still held."""
+async def refresh_all(
+    redis: Redis | RedisCluster, leases: list[Lease], slots: Sequence[UserSlot] = ()
+) -> list[bool]:
+    """Refresh many leases, and the user slots of their turns, in one pipeline; which
+    leases are still held."""
     pipe = redis.pipeline(transaction=False)
     for lease in leases:
         pipe.eval(_REFRESH, 1, lease.key, lease.token, lease.ttl_ms)
-    return [bool(result) for result in await pipe.execute()]
+    for slot in slots:
+        pipe.eval(*slot.refresh_args())
+    results = await pipe.execute()
+    return [bool(result) for result in results[: len(leases)]]
 
 
 @functools.cache

@@ -60,6 +60,10 @@ class Keys:
         """The lock a running turn holds on its session."""
         return f"{self.prefix}:{{{session_id}}}:lease"
 
+    def user_turns(self, user_id: str) -> str:
+        """The slots of one user's running turns (a sorted set; see `app/coord/slots.py`)."""
+        return f"{self.prefix}:user:{{{user_id}}}:turns"
+
     def turn_events(self, session_id: str, turn_id: str) -> str:
         """The EventLog (a Redis Stream) of one turn."""
         return f"{self.prefix}:{{{session_id}}}:events:{turn_id}"

@@ -65,6 +65,10 @@ COMPACTIONS = Counter(
 LEASE_CONTENTION = Counter(
     "copilot_lease_contention_total", "Turn starts that found their session's lease taken"
 )
+USER_CAP_REFUSALS = Counter(
+    "copilot_user_cap_refusals_total",
+    "Turn starts refused because their user ran COPILOT_MAX_ACTIVE_TURNS_PER_USER turns",
+)
 START_CONFLICTS = Counter(
     "copilot_start_conflicts_total",
     "How starts that found their session busy ended, by on_conflict policy",

@@ -17,6 +17,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from app.config import TurnSettings
 from app.coord.lock import Lease, refresh_all
+from app.coord.slots import UserSlot
 from app.store.turn_rows import TurnRows
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnRunner
@@ -69,6 +70,7 @@ class TurnMaintenance:
         """One round of upkeep over every running turn."""
         replies: list[dict[str, Any]] = []
         leases: list[tuple[TurnRunner, Lease]] = []
+        slots: list[UserSlot] = []
         for runner in self.registry.running():
             runner.ping_if_idle(now)
             parts = runner.partial_due(now)
@@ -83,12 +85,14 @@ class TurnMaintenance:
             lease = runner.lease_due(now)
             if lease is not None:
                 leases.append((runner, lease))
+                if runner.slot is not None:  # a user's slot lives as long as the lease
+                    slots.append(runner.slot)
         # A slow database or Redis must not hold up heartbeats: the writes run on their own,
         # one of each kind at a time (a turn whose write is skipped is written next time).
         if replies and (self._writing is None or self._writing.done()):
             self._writing = asyncio.create_task(self._write(replies))
         if leases and (self._refreshing is None or self._refreshing.done()):
-            self._refreshing = asyncio.create_task(self._refresh(leases))
+            self._refreshing = asyncio.create_task(self._refresh(leases, slots))
 
     async def _write(self, replies: list[dict[str, Any]]) -> None:
         try:
@@ -96,9 +100,9 @@ class TurnMaintenance:
         except Exception as exc:  # the final write will store them anyway
             log.warning("partial replies not stored (%d turns): %s", len(replies), exc)
 
-    async def _refresh(self, leases: list[tuple[TurnRunner, Lease]]) -> None:
+    async def _refresh(self, leases: list[tuple[TurnRunner, Lease]], slots: list[UserSlot]) -> None:
         try:
-            held = await refresh_all(self.redis, [lease for _, lease in leases])
+            held = await refresh_all(self.redis, [lease for _, lease in leases], slots)
         except Exception as exc:
             log.warning("session leases not refreshed (%d turns): %s", len(leases), exc)
             return

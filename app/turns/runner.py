@@ -25,6 +25,7 @@ from app.backends.events import Backend, TurnControl, TurnRequest, UsageReport
 from app.config import TurnSettings
 from app.context.ladder import COMPACTED_RUNG, DB_ONLY_RUNG, ContextLadder
 from app.coord.lock import Lease
+from app.coord.slots import UserSlot
 from app.observability import metrics
 from app.observability.log_context import turn_context
 from app.observability.redaction import UserText
@@ -89,6 +90,7 @@ class TurnRunner:
         assistant_message_id: str,
         events_key: str,
         lease: Lease | None,
+        slot: UserSlot | None = None,
         on_started: Callable[[], None] | None = None,
         trigger: str = "submit-message",
         on_conflict: str = "reject",
@@ -105,6 +107,7 @@ class TurnRunner:
         self.assistant_message_id = assistant_message_id
         self.events_key = events_key
         self.lease = lease
+        self.slot = slot  # the user's place among their running turns, if capped
         self.buffer = FrameBuffer()
         self.reply = ReplyAssembler()
         self.adapter = ChunkAdapter(self._emit)
@@ -437,7 +440,10 @@ class TurnRunner:
             self.services.eventlog.end(self.events_key)
 
     async def _release(self) -> None:
-        """Free the session, then end the streams: a client may send its next message at once."""
+        """Free the user's slot and the session, then end the streams: a client may send its
+        next message at once."""
+        if self.slot is not None:
+            await self.slot.release()
         if self.lease is not None:
             await self.lease.release_or_retry()
         self._released.set()

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
-from app.errors import Conflict, InvalidInput
+from app.coord.slots import UserSlot
+from app.errors import Conflict, InvalidInput, TooManyRequests
 from app.observability import metrics
 from app.store.compactions import context_history
 from app.store.messages import MessageRepository, as_ui_message
@@ -28,6 +29,9 @@ from app.turns.services import TurnContext
 
 # What a backend that keeps its own context reads of the history at a turn's start.
 NEWEST_MESSAGES = 2
+# `Retry-After` of a start refused at the user's cap: when a running turn ends is unknown,
+# and a few seconds is a polite interval to ask again.
+CAP_RETRY_AFTER_S = 5
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,30 @@ class Admission:
         if self._held:
             self._held = False
             self._gate.release()
+
+
+async def _take_slot(ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID) -> UserSlot | None:
+    """The user's place among their running turns, when `COPILOT_MAX_ACTIVE_TURNS_PER_USER`
+    caps them; a user at the cap is refused before anything else has an effect."""
+    cap = ctx.services.settings.max_active_turns_per_user
+    if cap <= 0:
+        return None
+    slot = UserSlot(
+        ctx.redis,
+        ctx.keys.user_turns(order.user_id),
+        order.session_id,
+        str(turn_id),
+        int(ctx.services.settings.lease_ttl_s * 1000),
+    )
+    if await slot.take(cap):
+        return slot
+    metrics.USER_CAP_REFUSALS.inc()
+    raise TooManyRequests(
+        f"you already have {cap} replies being written at once (the most allowed): wait for "
+        "one to finish or stop one, then send again",
+        code="too_many_turns",
+        retry_after_s=CAP_RETRY_AFTER_S,
+    )
 
 
 async def _take_lease(
@@ -262,12 +290,18 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
         owner = await ctx.services.rows.session_owner(order.session_id)
         if owner is not None and owner != order.user_id:
             raise session_not_found(order.session_id)
-        lease = await _take_lease(ctx, order, events_key, admission)
+        slot = await _take_slot(ctx, order, turn_id)
         try:
-            started = await _start_rows(ctx, order, turn_id, assistant_id)
+            lease = await _take_lease(ctx, order, events_key, admission)
+            try:
+                started = await _start_rows(ctx, order, turn_id, assistant_id)
+            except BaseException:
+                # A refused start leaves nothing behind: the lease goes, the EventLog with it.
+                await asyncio.shield(lease.release_or_retry(events_key))
+                raise
         except BaseException:
-            # A refused start leaves nothing behind: the lease goes, and the EventLog with it.
-            await asyncio.shield(lease.release_or_retry(events_key))
+            if slot is not None:  # and the user's slot
+                await asyncio.shield(slot.release())
             raise
     except BaseException:
         admission.give_back()
@@ -286,6 +320,7 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
         assistant_message_id=assistant_id,
         events_key=events_key,
         lease=lease,
+        slot=slot,
         on_started=admission.give_back,
         trigger=order.trigger,
         on_conflict=order.on_conflict,
