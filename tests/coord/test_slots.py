@@ -32,9 +32,7 @@ def slot(redis: Redis, key: str, session: str, ttl_ms: int = TTL_MS) -> UserSlot
     return UserSlot(redis, key, session, str(uuid.uuid4()), ttl_ms)
 
 
-async def test_a_user_at_the_cap_is_refused_and_nothing_is_written(
-    redis: Redis, key: str
-) -> None:
+async def test_a_user_at_the_cap_is_refused_and_nothing_is_written(redis: Redis, key: str) -> None:
     assert await slot(redis, key, "s1").take(2)
     assert await slot(redis, key, "s2").take(2)
     before = await redis.zrange(key, 0, -1)
