@@ -28,7 +28,8 @@ _MEANINGS = {
     409: "conflicts with the session's state",
     413: "a body, message or attachment above its configured limit",
     422: "a malformed body, parameter or field (named in `fields`)",
-    503: "a dependency (database, Redis) is unreachable; nothing was done",
+    503: "a dependency (database, Redis) is unreachable, or the replica is draining "
+    "(`Retry-After`); nothing was done",
 }
 
 
@@ -61,7 +62,11 @@ def envelope_every_error(app: FastAPI) -> None:
 
 
 def error_response(
-    status: int, code: str, message: str, extra: dict[str, Any] | None = None
+    status: int,
+    code: str,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON error envelope."""
     body: dict[str, Any] = {"code": code, "message": message}
@@ -69,7 +74,8 @@ def error_response(
         body.update(extra)
     # A message may quote the client's input (a field name), which may hold a lone surrogate.
     body = clean_value(body)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -79,7 +85,7 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.extra, exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
