@@ -162,7 +162,7 @@ def test_sigterm_drains_finishes_short_turns_serves_resume_and_stop_then_interru
         assert resumed_result.text == streams[long].result().text
 
     stored = _stored(database_url, [short, long, stopped])
-    assert stored[short][:2] == ("completed", "completed")
+    assert stored[short][:2] == ("completed", "complete")
     assert stored[short][2] == finished.text
     assert stored[long][:2] == ("interrupted", "interrupted")
     assert stored[long][2] == streams[long].result().text
@@ -214,7 +214,7 @@ def test_sigterm_with_50_live_streams_and_a_5_s_drain_loses_nothing(
     for sid in shorts:
         assert_well_formed(results[sid])
         assert results[sid].error is None, (sid, results[sid].error)
-        assert stored[sid][:2] == ("completed", "completed"), sid
+        assert stored[sid][:2] == ("completed", "complete"), sid
     for sid in longs:
         _assert_interrupted(results[sid])
         assert stored[sid][:2] == ("interrupted", "interrupted"), sid
