@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
@@ -22,6 +23,10 @@ from starlette.applications import Starlette
 
 from app.config import Settings
 from app.observability.logging import setup_logging
+
+if TYPE_CHECKING:
+    from app.turns.drain import Drain
+    from app.turns.services import TurnContext
 
 log = logging.getLogger("copilot")
 
@@ -109,15 +114,22 @@ def serve(settings: Settings, host: str, port: int) -> int:
 
 
 class TurnAwareServer(uvicorn.Server):
-    """A uvicorn server that interrupts running turns as soon as a stop is asked for.
+    """A uvicorn server that drains on SIGTERM, then interrupts the turns still running.
 
-    Their streams then end with `data-error` (interrupted), `finish` and `[DONE]` while
-    uvicorn waits for open responses, instead of being cut when the grace period ends.
+    uvicorn's own SIGTERM handling stops listening at once and gives open responses its
+    graceful timeout. Here SIGTERM first starts a drain (`app/turns/drain.py`): the server
+    keeps listening and serving (resume, stop, `/readyz` saying 503) while new chats get 503,
+    until no turn runs or `COPILOT_DRAIN_S` is up. Only then is uvicorn asked to exit, and
+    the turns still running are interrupted at that moment: their streams end with
+    `data-error` (interrupted), `finish` and `[DONE]` within uvicorn's graceful timeout
+    (`COPILOT_GRACEFUL_SHUTDOWN_S`) instead of being cut when it ends.
+    Ctrl-C (SIGINT), a second SIGTERM, or `COPILOT_DRAIN_S=0` skip or end the drain.
     """
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.app = app
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -128,9 +140,31 @@ class TurnAwareServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         state = getattr(self.app.state, "copilot", None)
-        if state is not None and state.turns is not None and not self.should_exit:
-            asyncio.get_running_loop().call_soon_threadsafe(state.turns.registry.interrupt_all)
+        if state is None or state.turns is None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        loop = asyncio.get_running_loop()
+        drain_s = state.settings.server.drain_s
+        if sig == signal.SIGTERM and drain_s > 0 and not state.drain.active:
+            state.drain.begin()  # not ready from this instant, before the loop runs again
+            loop.call_soon_threadsafe(self._start_drain, state.drain, state.turns, drain_s)
+            return
+        state.drain.begin()
+        if self._drain_task is not None:
+            loop.call_soon_threadsafe(self._drain_task.cancel)
+        loop.call_soon_threadsafe(state.turns.registry.interrupt_all)
         super().handle_exit(sig, frame)
+
+    def _start_drain(self, drain: Drain, turns: TurnContext, drain_s: float) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(
+            self._drain_then_stop(drain, turns, drain_s)
+        )
+
+    async def _drain_then_stop(self, drain: Drain, turns: TurnContext, drain_s: float) -> None:
+        await drain.wait_for_turns(turns.registry, drain_s)
+        if not self.should_exit:
+            turns.registry.interrupt_all()
+            super().handle_exit(signal.SIGTERM, None)
 
 
 def run_migrate(settings: Settings) -> int:

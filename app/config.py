@@ -50,7 +50,10 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = 1_000_000
     max_title_chars: int = 200
     max_metadata_bytes: int = 16_384
-    graceful_shutdown_s: float = 10.0
+    # SIGTERM: first a drain (not ready, new chats refused, running turns may finish), then
+    # the stop (what still runs is interrupted; streams and final writes get the grace).
+    drain_s: float = Field(default=15.0, ge=0)
+    graceful_shutdown_s: float = Field(default=10.0, ge=0)
     migrate_on_start: bool = True
     log_level: str = "INFO"
     # Lines as text or JSON; auto: text on a terminal, JSON otherwise (a container, a file).

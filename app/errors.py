@@ -8,6 +8,9 @@ class AppError(Exception):
 
     code = "error"
     status = 400
+    # Response headers the answer carries (`Retry-After`), and extra fields of its body.
+    headers: dict[str, str] | None = None
+    extra: dict[str, object] | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -57,3 +60,15 @@ class TooManyRequests(AppError):
     def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class Draining(ServiceUnavailable):
+    """This replica is stopping: new turns go to another one (`Retry-After` says when)."""
+
+    code = "draining"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+        self.extra = {"retry_after_s": retry_after_s}

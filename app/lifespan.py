@@ -8,7 +8,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -20,6 +20,7 @@ from app.config import Settings
 from app.coord.redis import Keys, create_redis
 from app.store.db import connect_args, create_engine, create_session_factory
 from app.store.turn_rows import TurnRows
+from app.turns.drain import Drain
 from app.turns.services import TurnContext
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class AppState:
     auth: Authenticator
     turns: TurnContext | None = None
     tracer: Tracer | None = None
+    drain: Drain = field(default_factory=Drain)
 
 
 def lifespan_for(settings: Settings) -> Any:

@@ -116,10 +116,13 @@ class Served:
 
 @contextlib.contextmanager
 def serve(env: dict[str, str], tmp: Path, *, ready_path: str = "/readyz") -> Iterator[Served]:
-    """Start `copilot serve` with `env` on a free port; stop it with SIGTERM afterwards."""
+    """Start `copilot serve` with `env` on a free port; stop it with SIGTERM afterwards.
+
+    With no drain unless `env` sets `COPILOT_DRAIN_S`: a test that leaves a turn running
+    would otherwise wait out the drain at the end."""
     port = free_port()
     log_path = tmp / f"serve-{uuid.uuid4().hex[:6]}.log"
-    full_env = {**clean_environ(), **env}
+    full_env = {**clean_environ(), "COPILOT_DRAIN_S": "0", **env}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [COPILOT, "serve", "--port", str(port)],

@@ -162,6 +162,7 @@ def _stream(
 )
 async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Response:
     """Start a turn and answer with its UI message stream."""
+    state.drain.refuse_new_turn()
     ctx = _turns(state)
     bind(session_id=body.id)
     order = _order(body, user.id, state.settings.turns)

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.schemas import ErrorOut
 from app.api.text import clean_value
-from app.errors import AppError, TooManyRequests
+from app.errors import AppError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ _MEANINGS = {
     413: "a body, message or attachment above its configured limit",
     422: "a malformed body, parameter or field (named in `fields`)",
     429: "a limit was reached; try again after `Retry-After` seconds",
-    503: "a dependency (database, Redis) is unreachable; nothing was done",
+    503: "a dependency (database, Redis) is unreachable, or the replica is draining "
+    "(`Retry-After`); nothing was done",
 }
 
 
@@ -62,7 +63,11 @@ def envelope_every_error(app: FastAPI) -> None:
 
 
 def error_response(
-    status: int, code: str, message: str, extra: dict[str, Any] | None = None
+    status: int,
+    code: str,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON error envelope."""
     body: dict[str, Any] = {"code": code, "message": message}
@@ -70,7 +75,8 @@ def error_response(
         body.update(extra)
     # A message may quote the client's input (a field name), which may hold a lone surrogate.
     body = clean_value(body)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -80,10 +86,7 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    response = error_response(exc.status, exc.code, exc.message)
-    if isinstance(exc, TooManyRequests):
-        response.headers["Retry-After"] = str(exc.retry_after_s)
-    return response
+    return error_response(exc.status, exc.code, exc.message, exc.extra, exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

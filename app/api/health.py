@@ -24,7 +24,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None)
 async def readyz(state: StateDep) -> dict[str, str] | Response:
-    """The database and Redis answer; 503 names what is down."""
+    """The database and Redis answer; 503 names what is down, or says the replica drains."""
+    if state.drain.active:
+        return error_response(
+            503, "draining", "shutting down: finishing running turns, taking no new chats"
+        )
 
     async def database() -> None:
         async with state.engine.connect() as conn:

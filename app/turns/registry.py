@@ -17,15 +17,20 @@ class TurnRegistry:
     def __init__(self) -> None:
         self._by_session: dict[str, TurnRunner] = {}
         self._all: set[TurnRunner] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def add(self, runner: TurnRunner) -> None:
         """Track a started runner."""
         self._by_session[runner.session_id] = runner
         self._all.add(runner)
+        self._idle.clear()
 
     def done(self, runner: TurnRunner) -> None:
         """Forget a runner whose final write is done."""
         self._all.discard(runner)
+        if not self._all:
+            self._idle.set()
         if self._by_session.get(runner.session_id) is runner:
             del self._by_session[runner.session_id]
 
@@ -39,6 +44,15 @@ class TurnRegistry:
 
     def __len__(self) -> int:
         return len(self._all)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no turn runs here (True: all written) or `timeout_s` passed (False)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def interrupt_all(self) -> int:
         """Interrupt every running turn (the server is stopping); how many there were."""
