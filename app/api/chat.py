@@ -29,6 +29,7 @@ from app.observability.log_context import bind
 from app.store.sessions import SessionRepository
 from app.stream.response import EventStream
 from app.stream.sse import HEADERS
+from app.stream.text import parts_text
 from app.turns.follow import follow_log, follow_persisted
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
@@ -106,7 +107,7 @@ def _order(body: ChatRequest, user_id: str, limits: TurnSettings) -> TurnOrder:
             metadata = last.metadata if isinstance(last.metadata, dict) else {}
         else:
             parts = [{"type": "text", "text": body.message or ""}]
-        text = "".join(str(p.get("text", "")) for p in parts if p["type"] == "text")
+        text = parts_text(parts)
         if not text.strip() and not any(p["type"] == "file" for p in parts):
             raise InvalidInput("the message is empty", code="empty_message")
         max_chars = limits.max_message_chars

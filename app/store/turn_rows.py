@@ -29,7 +29,18 @@ import orjson
 from app.store.compactions import summary_message
 from app.store.usage import Usage
 
-_START = """
+# The session's newest compaction and the sequence number of the last message it covers: a
+# turn's history starts after it (`app.store.compactions`).
+_COMPACTION = """compaction AS (
+    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
+    FROM context_compactions c
+    LEFT JOIN chat_messages t ON t.session_id = c.session_id
+        AND t.message_id = c.through_message_id
+    WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
+)"""
+
+_START = (
+    """
 WITH sess AS (
     INSERT INTO chat_sessions AS s (id, user_id, last_seq, active_turn_id)
     VALUES ($1, $2, 2, $3::uuid)
@@ -50,13 +61,9 @@ WITH sess AS (
                        backend, model, replica_id)
     SELECT $3::uuid, $1, $4, $7, 'submit-message', 'running', $8, $9, $10
     FROM sess
-), compaction AS (
-    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
-    FROM context_compactions c
-    LEFT JOIN chat_messages t ON t.session_id = c.session_id
-        AND t.message_id = c.through_message_id
-    WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
-)
+), """
+    + _COMPACTION
+    + """
 SELECT sess.title, sess.last_seq, compaction.id AS compaction_id, compaction.summary,
        m.message_id, m.role, m.parts, m.metadata, m.created_at
 FROM sess
@@ -66,17 +73,15 @@ LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
     AND ($11::int IS NULL OR m.seq > sess.last_seq - 2 - $11::int)
 ORDER BY m.seq
 """
+)
 
 # The history a turn is answered from, up to its user message (seq $2): the newest
 # compaction's summary, then the messages after it.
-_HISTORY = """
-WITH compaction AS (
-    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
-    FROM context_compactions c
-    LEFT JOIN chat_messages t ON t.session_id = c.session_id
-        AND t.message_id = c.through_message_id
-    WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
-)
+_HISTORY = (
+    """
+WITH """
+    + _COMPACTION
+    + """
 SELECT compaction.id AS compaction_id, compaction.summary,
        m.message_id, m.role, m.parts, m.metadata, m.created_at
 FROM (SELECT 1) AS one
@@ -85,6 +90,7 @@ LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
     AND m.seq > coalesce(compaction.through_seq, 0) AND m.seq <= $2
 ORDER BY m.seq
 """
+)
 
 _OWNER = "SELECT user_id FROM chat_sessions WHERE id = $1"
 _ACTIVE = "SELECT active_turn_id FROM chat_sessions WHERE id = $1"

@@ -28,6 +28,11 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
 
+    @property
+    def all_input_tokens(self) -> int:
+        """Input tokens of every kind: uncached, read from the cache, written to it."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
     def add(self, other: Usage) -> None:
         """Accumulate another call's usage into this one."""
         self.input_tokens += other.input_tokens

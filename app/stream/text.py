@@ -45,3 +45,8 @@ def clean(value: Any) -> Any:
     if isinstance(value, tuple):
         return [clean(item) for item in value]
     return value
+
+
+def parts_text(parts: list[dict[str, Any]]) -> str:
+    """The text parts of a UIMessage, joined."""
+    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")

@@ -35,6 +35,7 @@ from app.stream import chunks
 from app.stream.eventlog import EventLogWriter
 from app.stream.frames import FrameBuffer
 from app.stream.sse import frame
+from app.stream.text import parts_text
 from app.turns.adapter import ChunkAdapter
 from app.turns.observer import OBSERVED_EVENTS, MetricsObserver, TurnObserver, notify
 from app.turns.persist import Attempt, persist_final
@@ -220,7 +221,11 @@ class TurnRunner:
             self._on_started()
         notify(self.services.observers, "turn_started", self)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("turn %s started: %s", self.turn_id, UserText(_text(self.request.history)))
+            log.debug(
+                "turn %s started: %s",
+                self.turn_id,
+                UserText(parts_text(self.request.history[-1].get("parts", []))),
+            )
         self._emit(chunks.start(self.assistant_message_id, {"turnId": self.turn_id}))
         try:
             if self.stop_reason is not None:
@@ -362,7 +367,7 @@ class TurnRunner:
         # What the attempt was billed, with the climb that built its context (it came after
         # the previous attempt ended).
         now, then = dataclasses.replace(self.adapter.usage), self._billed
-        attempt.input_tokens = _input(now) - _input(then)
+        attempt.input_tokens = now.all_input_tokens - then.all_input_tokens
         attempt.output_tokens = now.output_tokens - then.output_tokens
         self._billed = now
         if self.request.extra.get("fresh_session"):
@@ -449,7 +454,7 @@ class TurnRunner:
         self._released.set()
         self._end_streams()
         if log.isEnabledFor(logging.DEBUG):
-            reply = UserText(_text([{"parts": self.reply.parts()}]))
+            reply = UserText(parts_text(self.reply.parts()))
             log.debug("turn %s %s: %s", self.turn_id, self.outcome.status, reply)
         notify(self.services.observers, "turn_finished", self)
         for callback in self.services.on_done:
@@ -463,13 +468,3 @@ class TurnRunner:
     def stopping(self) -> bool:
         """A stop was asked for and the turn has not finished yet."""
         return self.stop_reason is not None and not self.done
-
-
-def _text(messages: list[dict[str, Any]]) -> str:
-    """The text parts of the last message (for a DEBUG line; see `UserText`)."""
-    parts = messages[-1].get("parts", []) if messages else []
-    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
-
-
-def _input(usage: Usage) -> int:
-    return usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens

@@ -63,6 +63,7 @@ from app.backends.events import (
 from app.config import Rate
 from app.observability.tracing import Recorded, Tracer
 from app.store.usage import MILLION, Usage
+from app.stream.text import parts_text
 
 if TYPE_CHECKING:
     from app.context.ladder import Climb
@@ -417,7 +418,7 @@ class TurnTrace:
 
     def build(self) -> None:
         """Make the spans (on the builder thread), ended, with their recorded times."""
-        self.root.attributes[A.OBSERVATION_OUTPUT] = truncated(_reply_text(self.reply))
+        self.root.attributes[A.OBSERVATION_OUTPUT] = truncated(parts_text(self.reply))
         index = {id(o): i for i, o in enumerate(self.observations)}
         self.tracer.emit(
             self.trace_id,
@@ -479,9 +480,5 @@ class TracingObserver:
 def _user_text(history: list[dict[str, Any]]) -> str:
     for message in reversed(history):
         if message.get("role") == "user":
-            return _reply_text(message.get("parts") or [])
+            return parts_text(message.get("parts") or [])
     return ""
-
-
-def _reply_text(parts: list[dict[str, Any]]) -> str:
-    return "".join(p.get("text", "") for p in parts if p.get("type") == "text")
