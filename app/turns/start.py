@@ -19,8 +19,7 @@ from app.coord.lock import Lease
 from app.coord.slots import UserSlot
 from app.errors import Conflict, InvalidInput, TooManyRequests
 from app.observability import metrics
-from app.store.compactions import context_history
-from app.store.messages import MessageRepository, as_ui_message
+from app.store.messages import MessageRepository
 from app.store.models import ChatMessage
 from app.store.sessions import SessionRepository, session_not_found
 from app.store.turns import TurnRepository
@@ -242,10 +241,8 @@ async def _start_rows(
             )
             await sessions.set_active_turn(order.session_id, None)
         user_message_id = await _place_user_message(messages, order, turn_id)
-        history = [
-            m if isinstance(m, dict) else as_ui_message(m)
-            for m in await context_history(db, order.session_id)
-        ]
+        answered = await messages.by_message_id(order.session_id, user_message_id)
+        assert answered is not None  # placed (or picked) just above, in this transaction
         await messages.append(
             order.session_id,
             message_id=assistant_id,
@@ -267,6 +264,9 @@ async def _start_rows(
         )
         await sessions.set_active_turn(order.session_id, turn_id)
         await db.commit()
+    # Read as the common case reads it (from the newest compaction on), once committed: the
+    # lease keeps every other writer out of the session meanwhile.
+    history = await ctx.services.rows.history(order.session_id, answered.seq)
     first = session.title is None and sum(m["role"] == "user" for m in history) == 1
     return StartedRows(history, first)
 
