@@ -120,6 +120,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.backends.tools import ToolRegistry
     from app.context.compactor import Compactor
     from app.context.ladder import ContextLadder
+    from app.observability import metrics
     from app.stream.eventlog import EventLogWriter
     from app.turns.maintenance import TurnMaintenance
     from app.turns.registry import TurnRegistry
@@ -152,6 +153,8 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             transcripts = PostgresTranscripts(state.turn_rows.pool)
         backend = create_backend(settings, client, tools, transcripts=transcripts)
         stack.push_async_callback(backend.close)
+        # A backend that keeps processes (the Claude SDK's warm CLIs) reports them on /metrics.
+        metrics.watch_processes(backend)
         eventlog = EventLogWriter(
             state.redis, settings.turns.eventlog_flush_ms / 1000, settings.turns.eventlog_ttl_s
         )

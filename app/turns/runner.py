@@ -26,7 +26,6 @@ from app.config import TurnSettings
 from app.context.ladder import COMPACTED_RUNG, DB_ONLY_RUNG, ContextLadder
 from app.coord.lock import Lease
 from app.coord.slots import UserSlot
-from app.observability import metrics
 from app.observability.log_context import turn_context
 from app.observability.redaction import UserText
 from app.store.turn_rows import TurnEnd, TurnRows
@@ -74,10 +73,6 @@ class TurnServices:
     replica_id: str = ""
     on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
     observers: list[TurnObserver] = field(default_factory=lambda: [MetricsObserver()])
-
-    def __post_init__(self) -> None:
-        # A backend that keeps processes (the Claude SDK's warm CLIs) reports them on /metrics.
-        metrics.watch_processes(self.backend)
 
 
 class TurnRunner:
