@@ -341,6 +341,10 @@ class TurnSettings(BaseSettings):
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 8.0
     lease_ttl_s: float = 30.0
+    # How often each replica looks for turns of dead replicas (0: never; then an orphan is
+    # recorded when its session's next message arrives). An orphan is found within
+    # `lease_ttl_s` plus this (plus 20% jitter).
+    reap_interval_s: float = Field(default=5.0, ge=0)
     start_concurrency: int = Field(default=16, ge=1)
     max_active_turns_per_user: int = Field(default=0, ge=0)
     title_generation: bool = True

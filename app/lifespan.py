@@ -123,6 +123,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.observability import metrics
     from app.stream.eventlog import EventLogWriter
     from app.turns.maintenance import TurnMaintenance
+    from app.turns.reaper import Reaper
     from app.turns.registry import TurnRegistry
     from app.turns.runner import TurnServices
     from app.turns.stops import StopListener, TurnStopper
@@ -187,6 +188,23 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         stops.start()
         stack.push_async_callback(stops.close)
         stack.push_async_callback(registry.shutdown, settings.server.graceful_shutdown_s)
+
+        def report() -> dict[str, Any]:
+            census = backend.census() if isinstance(backend, metrics.ProcessCensus) else {}
+            return {**census, "draining": state.drain.active}
+
+        reaper = Reaper(
+            state.turn_rows,
+            state.redis,
+            state.keys,
+            registry,
+            eventlog,
+            replica,
+            settings.turns.reap_interval_s,
+            report,
+        )
+        await reaper.start()
+        stack.push_async_callback(reaper.close)
         yield TurnContext(
             services=services,
             registry=registry,
@@ -205,4 +223,5 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             redis=state.redis,
             keys=state.keys,
             sessions=state.sessions,
+            reaper=reaper,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp
 
-from app.api import chat, docs, health, sessions
+from app.api import chat, docs, health, replicas, sessions
 from app.api.errors import envelope_every_error, error_responses, install_error_handlers
 from app.api.headers import edge
 from app.api.limits import BodyLimit
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(sessions.router)
     api.include_router(chat.router)
     api.include_router(health.router)
+    api.include_router(replicas.router)
     app.include_router(api)
     app.include_router(health.router)
     if docs_access == "auth":

@@ -140,6 +140,8 @@ class TurnOut(BaseModel):
     duration_ms: int | None
     usage: UsageOut
     trace_id: str | None = None  # the turn's Langfuse trace, when tracing is on
+    # The replica that recorded this turn as interrupted after its own replica died.
+    reaped_by: str | None = None
 
 
 class TurnList(BaseModel):
@@ -164,3 +166,24 @@ class FeedbackOut(BaseModel):
     rating: Literal["up", "down"]
     comment: str | None
     updated_at: datetime
+
+
+class ReplicaOut(BaseModel):
+    """One live replica as it last announced itself."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    age_s: float  # seconds since it announced itself
+    running_turns: int
+    warm_clients: int = 0  # idle Claude Code CLIs kept for their sessions' next turn
+    cli_processes: int = 0  # Claude Code CLIs open or closing (busy ones included)
+    draining: bool = False
+
+
+class ReplicaPage(BaseModel):
+    """The replicas heard from within three announcement periods, oldest first."""
+
+    this_replica: str
+    replicas: list[ReplicaOut]

@@ -105,6 +105,7 @@ def _turn_out(row: Turn, attempts: list[TurnAttempt]) -> TurnOut:
         duration_ms=row.duration_ms,
         usage=_usage(row),
         trace_id=row.trace_id,
+        reaped_by=row.reaped_by,
     )
 
 

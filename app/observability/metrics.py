@@ -69,6 +69,15 @@ USER_CAP_REFUSALS = Counter(
     "copilot_user_cap_refusals_total",
     "Turn starts refused because their user ran COPILOT_MAX_ACTIVE_TURNS_PER_USER turns",
 )
+TURNS_REAPED = Counter(
+    "copilot_turns_reaped_total",
+    "Turns of dead replicas this replica recorded as interrupted (the reaper)",
+)
+REAPER_SWEEPS = Histogram(
+    "copilot_reaper_sweep_seconds",
+    "One look for turns whose replica stopped renewing their lease",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 START_CONFLICTS = Counter(
     "copilot_start_conflicts_total",
     "How starts that found their session busy ended, by on_conflict policy",

@@ -118,6 +118,9 @@ class Turn(UsageColumns, Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     # The turn's Langfuse trace (32 hex digits), when tracing is on.
     trace_id: Mapped[str | None] = mapped_column(String(32))
+    # The replica that recorded this turn as interrupted because its own replica stopped
+    # renewing the session's lease (`app.turns.reaper`).
+    reaped_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class MessageFeedback(Base):

@@ -111,7 +111,7 @@ WITH fence AS (
     UPDATE chat_messages SET parts = $4::jsonb,
         status = CASE WHEN (SELECT current FROM fence) THEN $5 ELSE 'interrupted' END,
         metadata = $6::jsonb, updated_at = now()
-    WHERE session_id = $1 AND message_id = $3
+    WHERE session_id = $1 AND message_id = $3 AND status = 'streaming'
 ), turn AS (
     UPDATE turns SET
         status = CASE WHEN (SELECT current FROM fence) THEN $7 ELSE 'interrupted' END,
@@ -120,6 +120,14 @@ WITH fence AS (
         duration_ms = $16, input_tokens = $17, output_tokens = $18, cache_read_tokens = $19,
         cache_write_tokens = $20, cost_usd = $21, context_rung = $22, trace_id = $23
     WHERE id = $2::uuid AND finished_at IS NULL
+    RETURNING id
+), late AS (
+    -- A turn reaped while its replica was merely slow: what the reaper stored stands, but
+    -- the tokens it spent are the truth of the cost (counted once: they were zero).
+    UPDATE turns SET input_tokens = $17, output_tokens = $18, cache_read_tokens = $19,
+        cache_write_tokens = $20, cost_usd = $21
+    WHERE id = $2::uuid AND reaped_by IS NOT NULL
+        AND input_tokens = 0 AND output_tokens = 0 AND cost_usd = 0
     RETURNING id
 ), attempt_rows AS (
     INSERT INTO turn_attempts (turn_id, number, context_rung, started_at, finished_at, error_code,
@@ -136,7 +144,41 @@ UPDATE chat_sessions SET
     cache_read_tokens = cache_read_tokens + $19, cache_write_tokens = cache_write_tokens + $20,
     cost_usd = cost_usd + $21,
     active_turn_id = CASE WHEN active_turn_id = $2::uuid THEN NULL ELSE active_turn_id END
-WHERE id = $1 AND EXISTS (SELECT 1 FROM turn)
+WHERE id = $1 AND EXISTS (SELECT 1 FROM turn UNION ALL SELECT 1 FROM late)
+"""
+
+# Every turn one of the given replicas is running, as Postgres has it (`ix_turns_status`).
+_RUNNING = """
+SELECT session_id, id FROM turns
+WHERE status = 'running' AND finished_at IS NULL AND replica_id = ANY($1::text[])
+"""
+
+# Records a turn whose replica died as interrupted, once: of two reapers (or a reaper and the
+# late final write of a replica that was only slow) the first to lock the turn row wins.
+# $3: the reply rebuilt from the EventLog (NULL: keep the stored partial reply); $4: the
+# parts that close it (the `data-error`).
+_REAP = """
+WITH turn AS (
+    UPDATE turns SET status = 'interrupted', finish_reason = 'error',
+        error_code = 'interrupted', error_message = $5, reaped_by = $6, finished_at = now(),
+        duration_ms = (extract(epoch FROM now() - started_at) * 1000)::int
+    WHERE id = $2::uuid AND session_id = $1 AND finished_at IS NULL
+    RETURNING id, assistant_message_id, model
+), reply AS (
+    UPDATE chat_messages m SET parts = coalesce($3::jsonb, m.parts) || $4::jsonb,
+        status = 'interrupted', updated_at = now(),
+        metadata = m.metadata || jsonb_build_object(
+            'turnId', turn.id::text, 'model', turn.model, 'finishReason', 'error')
+    FROM turn
+    WHERE m.session_id = $1 AND m.message_id = turn.assistant_message_id
+        AND m.status = 'streaming'
+    RETURNING m.metadata
+), sess AS (
+    UPDATE chat_sessions SET active_turn_id = NULL, updated_at = now()
+    WHERE id = $1 AND active_turn_id = $2::uuid AND EXISTS (SELECT 1 FROM turn)
+)
+SELECT turn.assistant_message_id, turn.model, reply.metadata
+FROM turn LEFT JOIN reply ON true
 """
 
 
@@ -330,6 +372,33 @@ class TurnRows:
         active: uuid.UUID | None = await self.pool.fetchval(_ACTIVE, session_id)
         return active
 
+    async def running_turns(self, replicas: list[str]) -> list[tuple[str, uuid.UUID]]:
+        """(session id, turn id) of every turn recorded as running on one of `replicas`."""
+        if not replicas:
+            return []
+        rows = await self.pool.fetch(_RUNNING, replicas)
+        return [(row["session_id"], row["id"]) for row in rows]
+
+    async def reap(
+        self,
+        session_id: str,
+        turn_id: uuid.UUID,
+        *,
+        parts: list[dict[str, Any]] | None,
+        closing: list[dict[str, Any]],
+        detail: str,
+        reaped_by: str,
+    ) -> Reaped | None:
+        """Record a turn whose replica died as interrupted: the reply (`parts`, else what
+        was stored) followed by `closing`, the turn, and the session freed. None when the
+        turn had already ended, or another replica reaped it first."""
+        row = await self.pool.fetchrow(
+            _REAP, session_id, turn_id, parts, closing, detail, reaped_by
+        )
+        if row is None:
+            return None
+        return Reaped(row["assistant_message_id"], row["model"], row["metadata"] or {})
+
     async def write_partials(self, replies: list[dict[str, Any]]) -> None:
         """Store streaming replies as they stand (`{session_id, message_id, parts}` each)."""
         await self.pool.execute(_PARTIALS, replies)
@@ -366,6 +435,15 @@ class TurnRows:
             max((a["context_rung"] for a in end.attempt_log), default=1),
             end.trace_id,
         )
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What `TurnRows.reap` recorded: the reply's id, the turn's model, the reply's metadata."""
+
+    message_id: str
+    model: str
+    metadata: dict[str, Any]
 
 
 def _ui_history(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:

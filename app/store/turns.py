@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.models import Turn, TurnAttempt
@@ -37,10 +37,6 @@ class TurnRepository:
             .limit(limit)
         )
         return list(reversed(list((await self.db.execute(stmt)).scalars())))
-
-    async def update(self, turn_id: uuid.UUID, **values: Any) -> None:
-        """Set columns of a turn."""
-        await self.db.execute(update(Turn).where(Turn.id == turn_id).values(**values))
 
     async def attempts(self, turn_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[TurnAttempt]]:
         """Attempts of the given turns, grouped by turn."""

@@ -76,18 +76,24 @@ def message_chunks(message_id: str, parts: list[dict[str, Any]]) -> list[dict[st
     return chunks
 
 
+def frame_chunks(frames: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
+    """The sequence numbers and chunks of encoded frames (comments and `[DONE]` skipped)."""
+    out = []
+    for raw in frames:
+        if raw.startswith(b"id: "):
+            head, _, data = raw.partition(b"\ndata: ")
+            out.append((int(head[4:]), orjson.loads(data)))
+    return out
+
+
 def closing_chunks(frames: list[bytes]) -> tuple[int, list[dict[str, Any]]]:
     """The last sequence number of a stream cut short (its encoded frames, in order), and
     the chunks that close what it left open: text and reasoning parts, then the step."""
-    last_seq = -1
+    sent = frame_chunks(frames)
+    last_seq = sent[-1][0] if sent else -1
     open_parts: dict[str, str] = {}
     step_open = False
-    for raw in frames:
-        if not raw.startswith(b"id: "):
-            continue
-        head, _, data = raw.partition(b"\ndata: ")
-        last_seq = int(head[4:])
-        chunk = orjson.loads(data)
+    for _, chunk in sent:
         kind = chunk.get("type", "")
         if kind in ("text-start", "reasoning-start"):
             open_parts[chunk["id"]] = kind[:-6]

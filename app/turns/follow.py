@@ -25,7 +25,7 @@ from app.store.messages import MessageRepository
 from app.store.models import ChatMessage, Turn
 from app.stream import chunks
 from app.stream.eventlog import log_frames, read_log
-from app.stream.replay import closing_chunks, message_chunks
+from app.stream.replay import closing_chunks, frame_chunks, message_chunks
 from app.stream.sse import DONE, PING, frame, frame_seq
 
 FINISH_REASONS = {"completed": "stop", "failed": "error", "stopped": "other"}
@@ -92,9 +92,13 @@ async def follow_log(
             continue
         if give_up_at is None and not await state.redis.exists(lease_key):
             turn, _ = await _load(state, turn_id)
-            # Still running in Postgres without a lease: its replica died. Finished: the end
-            # of its log may still be on its way.
-            give_up_at = now if turn.status == "running" else now + LOG_END_GRACE_S
+            # Still running in Postgres without a lease: its replica died, and a reaper will
+            # close the log (what it stores is what this client then sees); if none does in
+            # time, this stream is closed here. Finished: the end of its log may still be on
+            # its way.
+            reaping_s = state.turns.reaper.closes_within_s if state.turns else 0.0
+            wait_s = reaping_s if turn.status == "running" else LOG_END_GRACE_S
+            give_up_at = now + wait_s
         if give_up_at is not None and now >= give_up_at:
             break
         if now - quiet_since >= heartbeat_s:
@@ -120,8 +124,13 @@ async def _close_from_postgres(
 ) -> bytes:
     """Close a stream whose log stopped short: its open parts and step, then how Postgres says
     the turn ended (`interrupted` while the row still says running), `finish` and `[DONE]`."""
+    frames = await log_frames(state.redis, key)
+    rest = [f for f in frames if (frame_seq(f) or -1) > last_seq]
+    if any(chunk.get("type") == "finish" for _, chunk in frame_chunks(rest)):
+        # The log was closed meanwhile (by the reaper): the rest of it ends the stream.
+        return b"".join(rest) + DONE
     turn, message = await _load(state, turn_id)
-    seen, out = closing_chunks(await log_frames(state.redis, key))
+    seen, out = closing_chunks(frames)
     if turn.status == "running":
         out.append(chunks.data_error("interrupted", MESSAGES["interrupted"], True))
         out.append(chunks.error(f"interrupted: {MESSAGES['interrupted']}"))

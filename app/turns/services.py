@@ -9,6 +9,7 @@ from redis.asyncio import Redis, RedisCluster
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.coord.redis import Keys
+from app.turns.reaper import Reaper
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnServices
 from app.turns.stops import StopListener, TurnStopper
@@ -32,3 +33,4 @@ class TurnContext:
     redis: Redis | RedisCluster
     keys: Keys
     sessions: async_sessionmaker[AsyncSession]
+    reaper: Reaper

@@ -230,15 +230,17 @@ async def _start_rows(
                 loader = functools.partial(rows.history, order.session_id, seq)
             return StartedRows(history, first, loader)
         order.user_message_id = message_id
+    orphan = await ctx.services.rows.active_turn(order.session_id)
+    if orphan is not None:
+        # We hold the lease, so that turn's replica is gone: record it as the reaper would
+        # have (its reply, a retryable error, its stream closed) before this turn starts.
+        await ctx.reaper.reap(order.session_id, orphan)
     async with ctx.sessions() as db:
         sessions, messages = SessionRepository(db), MessageRepository(db)
         await sessions.get_or_create(order.user_id, order.session_id)
         session = await sessions.get(order.user_id, order.session_id, for_update=True)
         if session.active_turn_id is not None:
-            # We hold the lease, so that turn's replica is gone: record it as interrupted.
-            await TurnRepository(db).update(
-                session.active_turn_id, status="interrupted", error_code="interrupted"
-            )
+            # A turn that ended without freeing its session (a row older than the reaper).
             await sessions.set_active_turn(order.session_id, None)
         user_message_id = await _place_user_message(messages, order, turn_id)
         answered = await messages.by_message_id(order.session_id, user_message_id)
