@@ -347,6 +347,10 @@ class TurnSettings(BaseSettings):
     reap_interval_s: float = Field(default=5.0, ge=0)
     start_concurrency: int = Field(default=16, ge=1)
     max_active_turns_per_user: int = Field(default=0, ge=0)
+    # What a message sent while its session's turn runs does, when neither the request nor
+    # the session says: reject (409), enqueue (its own turn, in order), interrupt, steer.
+    on_conflict: Literal["reject", "enqueue", "interrupt", "steer"] = "reject"
+    max_queued: int = Field(default=10, ge=1)
     title_generation: bool = True
     rate_card: dict[str, Rate] = Field(default_factory=_default_rate_card)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import uuid
@@ -121,8 +122,10 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.context.compactor import Compactor
     from app.context.ladder import ContextLadder
     from app.observability import metrics
+    from app.store.queue import MessageQueue
     from app.stream.eventlog import EventLogWriter
     from app.turns.maintenance import TurnMaintenance
+    from app.turns.queueing import after_turn, kick_soon
     from app.turns.reaper import Reaper
     from app.turns.registry import TurnRegistry
     from app.turns.runner import TurnServices
@@ -162,6 +165,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
         eventlog.start()
         stack.push_async_callback(eventlog.close)
         registry = TurnRegistry()
+        queue = MessageQueue(state.turn_rows.pool)
         compactor = Compactor(settings.context, client, state.turn_rows.pool)
         replica = settings.server.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         services = TurnServices(
@@ -171,6 +175,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             backend=backend,
             ladder=ContextLadder(settings.context, compactor),
             replica_id=replica,
+            queue=queue,
             on_done=[registry.done],
         )
         if state.tracer is not None:
@@ -202,10 +207,9 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             replica,
             settings.turns.reap_interval_s,
             report,
+            queue,
         )
-        await reaper.start()
-        stack.push_async_callback(reaper.close)
-        yield TurnContext(
+        ctx = TurnContext(
             services=services,
             registry=registry,
             replica_id=replica,
@@ -224,4 +228,12 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             keys=state.keys,
             sessions=state.sessions,
             reaper=reaper,
+            queue=queue,
+            draining=lambda: state.drain.active,
         )
+        # A session freed (its turn ended, or was reaped) starts its next queued message.
+        services.on_done.append(functools.partial(after_turn, ctx))
+        reaper.on_free = functools.partial(kick_soon, ctx)
+        await reaper.start()
+        stack.push_async_callback(reaper.close)
+        yield ctx

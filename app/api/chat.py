@@ -22,7 +22,7 @@ from app.api.errors import error_responses
 from app.api.schemas import SESSION_ID_PATTERN, SessionId
 from app.api.text import Identifier, Text, clean_value, storable_json
 from app.config import TurnSettings
-from app.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.lifespan import AppState
 from app.observability import metrics
 from app.observability.log_context import bind
@@ -30,7 +30,8 @@ from app.store.sessions import SessionRepository
 from app.stream.response import EventStream
 from app.stream.sse import HEADERS
 from app.stream.text import parts_text
-from app.turns.follow import follow_log, follow_persisted
+from app.turns.follow import turn_frames
+from app.turns.queueing import enqueue, follow_queued
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 from app.turns.start import TurnOrder, begin_turn
@@ -78,7 +79,9 @@ class ChatRequest(BaseModel):
     message: Text | None = None
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     message_id: Identifier | None = Field(default=None, alias="messageId")
-    on_conflict: Literal["reject", "enqueue", "interrupt"] = "reject"
+    # What to do if a turn runs in the session; None: the session's policy, else the
+    # server's (`COPILOT_ON_CONFLICT`).
+    on_conflict: Literal["reject", "enqueue", "interrupt", "steer"] | None = None
     on_disconnect: Literal["continue", "cancel"] = "continue"
 
     @model_validator(mode="after")
@@ -167,7 +170,15 @@ async def chat(body: ChatRequest, user: CurrentUser, state: StateDep) -> Respons
     ctx = _turns(state)
     bind(session_id=body.id)
     order = _order(body, user.id, state.settings.turns)
-    runner = await begin_turn(ctx, order)
+    try:
+        runner = await begin_turn(ctx, order)
+    except Conflict as busy:
+        # The session's policy is known once `begin_turn` has read it.
+        queueing = order.on_conflict in ("enqueue", "steer")
+        if busy.code != "turn_in_progress" or not queueing or order.trigger != "submit-message":
+            raise
+        queued = await enqueue(ctx, order)
+        return _stream(state, follow_queued(state, ctx, queued))
 
     def on_close() -> None:
         if body.on_disconnect == "cancel" and not runner.done:
@@ -200,19 +211,17 @@ async def resume(
     except NotFound:
         return Response(status_code=204)
     start = -1 if last_event_id is None else last_event_id
-    heartbeat = state.settings.turns.heartbeat_s
-    runner: TurnRunner | None = _turns(state).registry.for_session(session_id)
+    ctx = _turns(state)
+    runner: TurnRunner | None = ctx.registry.for_session(session_id)
     if runner is not None and not runner.done:
         return _stream(state, runner.frames_from(start + 1))
-    if session.active_turn_id is None:
+    if session.active_turn_id is not None:
+        return _stream(state, turn_frames(state, session_id, session.active_turn_id, start))
+    # Between two turns of a queue: the next one's stream, from its queued status on.
+    head = await ctx.queue.head(session_id)
+    if head is None:
         return Response(status_code=204)
-    key = state.keys.turn_events(session_id, str(session.active_turn_id))
-    if await state.redis.exists(key):
-        tail = follow_log(state, session_id, session.active_turn_id, start, heartbeat)
-        return _stream(state, tail)
-    return _stream(
-        state, follow_persisted(state, session_id, session.active_turn_id, start, heartbeat)
-    )
+    return _stream(state, follow_queued(state, ctx, head))
 
 
 @router.post("/{session_id}/stop", status_code=202, responses={204: {"description": "no turn"}})

@@ -196,10 +196,12 @@ class AnthropicBackend:
                     entry["is_error"] = True
                 results.append(entry)
             yield StepEnd()
+            # Messages sent meanwhile to steer the turn join the next call, after the results.
+            steering = [{"type": "text", "text": text} for text in await control.steers()]
             messages = [
                 *messages,
                 {"role": "assistant", "content": _assistant_content(blocks)},
-                {"role": "user", "content": results},
+                {"role": "user", "content": [*results, *steering]},
             ]
 
     async def _run_tool(self, block: _Block) -> ToolResult:

@@ -1,9 +1,10 @@
 """Stored UIMessages -> Anthropic `messages`, in the strict user/assistant alternation it needs.
 
 A reply made of several steps becomes several assistant messages, each followed by a user
-message carrying its tool results. Reasoning and data parts of earlier turns are left out (the
-API allows dropping earlier thinking); a tool call that never got a result is dropped too, so
-an interrupted turn cannot make the history invalid.
+message carrying its tool results, and the text of any message that joined the turn there (a
+`data-steer` part: `on_conflict: "steer"`). Reasoning and data parts of earlier turns are left
+out (the API allows dropping earlier thinking); a tool call that never got a result is dropped
+too, so an interrupted turn cannot make the history invalid.
 
 Images go to the model in full from the current (last) user message, and from an earlier one
 only if the reply to it shows the model accepted them (it holds text, reasoning or a tool
@@ -89,19 +90,24 @@ def _assistant_messages(parts: list[dict[str, Any]]) -> list[Message]:
     messages: list[Message] = []
     content: list[Block] = []
     results: list[Block] = []
+    steering: list[Block] = []  # messages that joined the turn after this step's results
 
     def close_step() -> None:
-        nonlocal content, results
+        nonlocal content, results, steering
         if content:
             messages.append({"role": "assistant", "content": content})
-            if results:
-                messages.append({"role": "user", "content": results})
-        content, results = [], []
+        if (content and results) or steering:
+            messages.append({"role": "user", "content": [*(results if content else []), *steering]})
+        content, results, steering = [], [], []
 
     for part in parts:
         kind = part.get("type")
         if kind == "step-start":
             close_step()
+        elif kind == "data-steer":
+            text = str((part.get("data") or {}).get("text", ""))
+            if text.strip():
+                steering.append({"type": "text", "text": text})
         elif kind == "text" and str(part.get("text", "")).strip():
             content.append({"type": "text", "text": part["text"]})
         elif (name := _tool_name(part)) is not None:

@@ -187,7 +187,8 @@ class TurnRequest:
 
 @dataclass
 class TurnControl:
-    """What the runner tells a backend while it runs: a stop was asked for.
+    """What the runner tells a backend while it runs: a stop was asked for, messages wait to
+    steer the turn.
 
     A backend that can stop cleanly (the Claude SDK's `interrupt()`) watches `stop` and ends
     its attempt by itself, with what it has; the runner cancels the attempt only when it
@@ -196,6 +197,13 @@ class TurnControl:
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str | None = None
+    # Takes in the messages sent to steer the turn (`on_conflict: "steer"`) since the last
+    # call: a backend asks between two model calls and gives their texts to the next one.
+    steer: Callable[[], Awaitable[list[str]]] | None = None
+
+    async def steers(self) -> list[str]:
+        """The steering messages waiting for the turn's next model call (usually none)."""
+        return await self.steer() if self.steer is not None else []
 
     def request_stop(self, reason: str) -> None:
         """Ask the running attempt to stop."""

@@ -56,6 +56,44 @@ class ChatSession(UsageColumns, Base):
     )
     last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     active_turn_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # What a message sent during a turn does when its request does not say (None: the
+    # server's `COPILOT_ON_CONFLICT`).
+    on_conflict: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class QueuedMessage(Base):
+    """A user message sent while a turn ran: waiting for its own turn (`kind` "turn"), or to
+    join the running turn at its next model call ("steer"). `status`: queued, then started
+    (its turn began: `turn_id`), steered (it joined `turn_id`) or cancelled. Arrival order is
+    `id`. Moved into `chat_messages` when its turn starts."""
+
+    __tablename__ = "queued_messages"
+    __table_args__ = (
+        UniqueConstraint("session_id", "message_id", name="uq_queued_messages_session_message"),
+        Index(
+            "ix_queued_messages_waiting",
+            "session_id",
+            "id",
+            postgresql_where="status = 'queued'",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("chat_sessions.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255))
+    message_id: Mapped[str] = mapped_column(String(128))
+    parts: Mapped[list[Any]] = mapped_column(JSONB)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, default=dict, server_default="{}"
+    )
+    kind: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    turn_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    accepted_by: Mapped[str | None] = mapped_column(String(128))  # the replica that took it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -47,6 +47,8 @@ WITH sess AS (
     ON CONFLICT (id) DO UPDATE
         SET last_seq = s.last_seq + 2, active_turn_id = $3::uuid, updated_at = now()
         WHERE s.user_id = $2 AND s.active_turn_id IS NULL
+            AND NOT EXISTS (SELECT 1 FROM queued_messages q
+                            WHERE q.session_id = $1 AND q.status = 'queued')
     RETURNING s.last_seq, s.title
 ), user_message AS (
     INSERT INTO chat_messages (session_id, seq, message_id, role, parts, metadata, status, turn_id)
@@ -92,7 +94,7 @@ ORDER BY m.seq
 """
 )
 
-_OWNER = "SELECT user_id FROM chat_sessions WHERE id = $1"
+_OWNER = "SELECT user_id, on_conflict FROM chat_sessions WHERE id = $1"
 _ACTIVE = "SELECT active_turn_id FROM chat_sessions WHERE id = $1"
 
 _PARTIALS = """
@@ -145,6 +147,7 @@ UPDATE chat_sessions SET
     cost_usd = cost_usd + $21,
     active_turn_id = CASE WHEN active_turn_id = $2::uuid THEN NULL ELSE active_turn_id END
 WHERE id = $1 AND EXISTS (SELECT 1 FROM turn UNION ALL SELECT 1 FROM late)
+RETURNING (SELECT count(*) FROM queued_messages q WHERE q.session_id = $1 AND q.status = 'queued')
 """
 
 # Every turn one of the given replicas is running, as Postgres has it (`ix_turns_status`).
@@ -362,10 +365,11 @@ class TurnRows:
         on (its summary first)."""
         return _ui_history(await self.pool.fetch(_HISTORY, session_id, through_seq))
 
-    async def session_owner(self, session_id: str) -> str | None:
-        """The user who owns the session, or None when no session has this id."""
-        owner: str | None = await self.pool.fetchval(_OWNER, session_id)
-        return owner
+    async def session_owner(self, session_id: str) -> tuple[str | None, str | None]:
+        """The user who owns the session (None when no session has this id) and the
+        session's `on_conflict` policy (None: the server's)."""
+        row = await self.pool.fetchrow(_OWNER, session_id)
+        return (row["user_id"], row["on_conflict"]) if row is not None else (None, None)
 
     async def active_turn(self, session_id: str) -> uuid.UUID | None:
         """The session's active turn, as the database has it."""
@@ -403,13 +407,14 @@ class TurnRows:
         """Store streaming replies as they stand (`{session_id, message_id, parts}` each)."""
         await self.pool.execute(_PARTIALS, replies)
 
-    async def finish(self, end: TurnEnd) -> None:
-        """Store the reply, the turn and its attempts, and the session totals, atomically.
+    async def finish(self, end: TurnEnd) -> int:
+        """Store the reply, the turn and its attempts, and the session totals, atomically;
+        how many messages wait in the session's queue.
 
         Safe to repeat: a turn already finished is not counted twice.
         """
         usage = end.usage
-        await self.pool.execute(
+        waiting: int | None = await self.pool.fetchval(
             _FINISH,
             end.session_id,
             end.turn_id,
@@ -435,6 +440,7 @@ class TurnRows:
             max((a["context_rung"] for a in end.attempt_log), default=1),
             end.trace_id,
         )
+        return waiting or 0
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,12 @@ def data_error(
     return {"type": "data-error", "id": "error", "data": data}
 
 
+def data_steer(message_id: str, text: str) -> dict[str, Any]:
+    """A message the user sent while the turn ran, taken in at this point of the reply (before
+    the model's next call); stored with the reply, in place."""
+    return {"type": "data-steer", "id": message_id, "data": {"messageId": message_id, "text": text}}
+
+
 def data_context(change: Any) -> dict[str, Any]:
     """A marker, stored with the reply, that the model's context was made smaller
     (`events.ContextChange`): the UI can show "earlier messages were summarised"."""

@@ -138,3 +138,27 @@ async def _close_from_postgres(
     out.append(chunks.finish(FINISH_REASONS.get(turn.status, "error"), metadata))
     first = max(seen, last_seq) + 1
     return b"".join(frame(first + i, chunk) for i, chunk in enumerate(out)) + DONE
+
+
+def turn_frames(
+    state: AppState, session_id: str, turn_id: uuid.UUID, after_seq: int
+) -> AsyncGenerator[bytes, None]:
+    """A turn's frames after `after_seq`, wherever it runs: from its runner's memory on this
+    replica, from its EventLog elsewhere, from Postgres once the log is gone."""
+    heartbeat = state.settings.turns.heartbeat_s
+    runner = state.turns.registry.for_session(session_id) if state.turns else None
+    if runner is not None and runner.turn_id == str(turn_id) and not runner.done:
+        return runner.frames_from(after_seq + 1)
+    return _remote_frames(state, session_id, turn_id, after_seq, heartbeat)
+
+
+async def _remote_frames(
+    state: AppState, session_id: str, turn_id: uuid.UUID, after_seq: int, heartbeat_s: float
+) -> AsyncGenerator[bytes, None]:
+    key = state.keys.turn_events(session_id, str(turn_id))
+    if await state.redis.exists(key):
+        source = follow_log(state, session_id, turn_id, after_seq, heartbeat_s)
+    else:
+        source = follow_persisted(state, session_id, turn_id, after_seq, heartbeat_s)
+    async for data in source:
+        yield data

@@ -63,35 +63,35 @@ class Refused(Exception):
     """The database refused the final statement for a reason trying again does not change."""
 
 
-async def _try(rows: TurnRows, state: TurnEnd) -> bool:
+async def _try(rows: TurnRows, state: TurnEnd) -> int | None:
+    """Messages waiting in the session's queue once written; None: try again."""
     try:
-        await rows.finish(state)
-        return True
+        return await rows.finish(state)
     except Exception as exc:
         if not is_transient(exc):
             raise Refused(f"{type(exc).__name__}: {exc}") from exc
         log.warning("turn %s: final write failed: %s", state.turn_id, exc)
-        return False
+        return None
 
 
-async def _write(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
+async def _write(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> int | None:
     """A few quick tries, then (after `on_slow()`) patient ones; `Refused` ends them."""
     for delay in QUICK_TRIES:
         await asyncio.sleep(delay)
-        if await _try(rows, state):
-            return True
+        if (waiting := await _try(rows, state)) is not None:
+            return waiting
     on_slow()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FINAL_WRITE_DEADLINE_S
     delay = 2.0
     while loop.time() + delay < deadline:
         await asyncio.sleep(delay)
-        if await _try(rows, state):
+        if (waiting := await _try(rows, state)) is not None:
             log.info("turn %s: final write succeeded after Postgres came back", state.turn_id)
-            return True
+            return waiting
         delay = min(delay * 2, 30.0)
     log.error("turn %s: final write gave up; the reply stays as last flushed", state.turn_id)
-    return False
+    return None
 
 
 def cleaned(state: TurnEnd, reason: str) -> TurnEnd:
@@ -112,9 +112,10 @@ def stripped(state: TurnEnd) -> TurnEnd:
     return dataclasses.replace(state, parts=[], metadata={})
 
 
-async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> bool:
+async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], None]) -> int | None:
     """Write the final state, retrying transient failures; a refused one is stored cleaned,
-    then without its parts. False when nothing could be stored."""
+    then without its parts. How many messages wait in the session's queue once it is
+    written; None when nothing could be stored."""
     try:
         return await _write(rows, state, on_slow)
     except Refused as exc:
@@ -128,4 +129,4 @@ async def persist_final(rows: TurnRows, state: TurnEnd, on_slow: Callable[[], No
         return await _write(rows, stripped(state), on_slow)
     except Refused as exc:
         log.error("turn %s: final write refused for good: %s", state.turn_id, exc)
-        return False
+        return None

@@ -46,6 +46,7 @@ from app.backends.errors import MESSAGES
 from app.coord.redis import Keys
 from app.coord.replicas import ReplicaDirectory
 from app.observability import metrics
+from app.store.queue import MessageQueue
 from app.store.turn_rows import TurnRows
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter, log_frames
@@ -73,6 +74,7 @@ class Reaper:
         replica_id: str,
         interval_s: float,
         report: Callable[[], dict[str, Any]] | None = None,
+        queue: MessageQueue | None = None,
     ) -> None:
         self.rows = rows
         self.redis = redis
@@ -83,6 +85,10 @@ class Reaper:
         self.interval_s = interval_s
         self.directory = ReplicaDirectory(redis, keys.prefix)
         self.report = report or (lambda: {})
+        self.queue = queue
+        # Called with a session that nobody holds while messages may wait in its queue (its
+        # turn was just reaped, or the replica that should have started the next one died).
+        self.on_free: Callable[[str], None] | None = None
         self.started_at = datetime.now(UTC).isoformat()
         self._task: asyncio.Task[None] | None = None
 
@@ -152,15 +158,28 @@ class Reaper:
         fleet = list(await self.directory.known())
         running = await self.rows.running_turns(fleet)
         candidates = [(s, t) for s, t in running if not self._runs_here(s, t)]
+        queues: list[str] = []
+        if self.queue is not None and self.on_free is not None:
+            queues = [
+                s
+                for s in await self.queue.sessions_waiting(fleet)
+                if self.registry.for_session(s) is None
+            ]
         reaped = 0
-        if candidates:
+        if candidates or queues:
             pipe = self.redis.pipeline(transaction=False)
-            for session_id, _ in candidates:
+            for session_id in [s for s, _ in candidates] + queues:
                 pipe.exists(self.keys.session_lease(session_id))
             held = await pipe.execute()
-            orphans = [c for c, lease in zip(candidates, held, strict=True) if not lease]
+            orphans = [c for c, lease in zip(candidates, held, strict=False) if not lease]
             if orphans:
                 reaped = await self._reap_all(orphans)
+            stuck = [
+                s for s, lease in zip(queues, held[len(candidates) :], strict=True) if not lease
+            ]
+            for session_id in dict.fromkeys([s for s, _ in orphans] + stuck):
+                if self.on_free is not None:
+                    self.on_free(session_id)
         metrics.REAPER_SWEEPS.observe(time.perf_counter() - began)
         return reaped
 

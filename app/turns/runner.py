@@ -28,6 +28,7 @@ from app.coord.lock import Lease
 from app.coord.slots import UserSlot
 from app.observability.log_context import turn_context
 from app.observability.redaction import UserText
+from app.store.queue import MessageQueue
 from app.store.turn_rows import TurnEnd, TurnRows
 from app.store.usage import Usage
 from app.stream import chunks
@@ -71,6 +72,8 @@ class TurnServices:
     backend: Backend
     ladder: ContextLadder | None = None
     replica_id: str = ""
+    # The sessions' queues, where messages that steer a running turn wait to be taken in.
+    queue: MessageQueue | None = None
     on_done: list[Callable[[TurnRunner], None]] = field(default_factory=list)
     observers: list[TurnObserver] = field(default_factory=lambda: [MetricsObserver()])
 
@@ -116,7 +119,9 @@ class TurnRunner:
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.first_visible_at: datetime | None = None
-        self.control = TurnControl()
+        self.control = TurnControl(steer=self.take_steers)
+        self._steers_waiting = False  # a message waits to steer this turn (`steers_waiting`)
+        self.waiting_after = 0  # messages waiting in the session's queue once it was stored
         self.task: asyncio.Task[None] | None = None
         self._on_started = on_started
         self._started = False
@@ -180,6 +185,28 @@ class TurnRunner:
         )
         self.task = asyncio.create_task(self._run(), name=f"turn-{self.turn_id}", context=ids)
         return self.task
+
+    def steers_waiting(self) -> None:
+        """A message was queued to steer this turn: take it in at the next model call."""
+        self._steers_waiting = True
+
+    async def take_steers(self) -> list[str]:
+        """The messages waiting to steer this turn, taken in (called by the backend between
+        two model calls): each shown in the stream, and stored in the reply, as a
+        `data-steer` part where it joined; their texts, for the next call. None while no
+        message was announced, or once the turn is stopping (they become queued turns)."""
+        if not self._steers_waiting or self.services.queue is None or self.stop_reason:
+            return []
+        self._steers_waiting = False
+        taken = await self.services.queue.claim_steers(self.session_id, self.turn_uuid)
+        texts = []
+        for message in taken:
+            text = parts_text(message.parts)
+            self._emit(chunks.data_steer(message.message_id, text))
+            texts.append(text)
+        if taken:
+            log.info("turn %s: %d message(s) joined it", self.turn_id, len(taken))
+        return texts
 
     def stop(self, reason: str = "stopped") -> bool:
         """Ask the turn to stop (user stop, session deletion, shutdown).
@@ -430,7 +457,8 @@ class TurnRunner:
     async def _write_final(self) -> None:
         """Persist the final state; if Postgres is slow to take it, end the streams meanwhile."""
         try:
-            await persist_final(self.services.rows, self._final_state(), self._end_streams)
+            stored = await persist_final(self.services.rows, self._final_state(), self._end_streams)
+            self.waiting_after = stored or 0
         except Exception:
             log.exception("turn %s: final write failed unexpectedly", self.turn_id)
         await self._release()  # whatever happened: the session is never left busy

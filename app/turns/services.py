@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.coord.redis import Keys
+from app.store.queue import MessageQueue
 from app.turns.reaper import Reaper
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnServices
@@ -34,3 +36,6 @@ class TurnContext:
     keys: Keys
     sessions: async_sessionmaker[AsyncSession]
     reaper: Reaper
+    queue: MessageQueue
+    # Whether this replica drains (it starts no turn of a session's queue then).
+    draining: Callable[[], bool]

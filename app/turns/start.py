@@ -12,7 +12,10 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.backends.events import TurnRequest
 from app.coord.lock import Lease
@@ -21,6 +24,7 @@ from app.errors import Conflict, InvalidInput, TooManyRequests
 from app.observability import metrics
 from app.store.messages import MessageRepository
 from app.store.models import ChatMessage
+from app.store.queue import MARK_STARTED, Queued
 from app.store.sessions import SessionRepository, session_not_found
 from app.store.turns import TurnRepository
 from app.turns.runner import TurnRunner
@@ -35,6 +39,7 @@ CAP_RETRY_AFTER_S = 5
 log = logging.getLogger(__name__)
 
 Trigger = Literal["submit-message", "regenerate-message"]
+Policy = Literal["reject", "enqueue", "interrupt", "steer"]
 
 
 @dataclass(slots=True)
@@ -48,7 +53,28 @@ class TurnOrder:
     user_parts: list[dict[str, Any]]
     user_metadata: dict[str, Any]
     regenerate_message_id: str | None
-    on_conflict: Literal["reject", "enqueue", "interrupt"]
+    # What to do when the session is busy; None: the session's policy, else the server's
+    # (resolved by `begin_turn` with the ownership check).
+    on_conflict: Policy | None
+    # The queued message this turn answers (a start from the session's queue).
+    queued: Queued | None = None
+
+
+class QueuedGone(Exception):
+    """The queued message to start was cancelled (or started) meanwhile."""
+
+
+def session_busy(session_id: str, queued: bool = False) -> Conflict:
+    """The 409 of a message that finds its session busy (a turn running, or messages queued
+    for their turns)."""
+    what = "messages are waiting for their turns" if queued else "a turn is already running"
+    return Conflict(
+        f"{what} in this session: resume it with "
+        f"GET /api/v1/chat/{session_id}/stream, stop it with POST "
+        f"/api/v1/chat/{session_id}/stop, or send on_conflict='enqueue', 'steer' or "
+        "'interrupt'",
+        code="turn_in_progress",
+    )
 
 
 class Admission:
@@ -122,13 +148,9 @@ async def _take_lease(
             outcome = "interrupted" if interrupting else "waited"
             metrics.START_CONFLICTS.labels(order.on_conflict, outcome).inc()
             return lease
-    metrics.START_CONFLICTS.labels(order.on_conflict, "rejected").inc()
-    raise Conflict(
-        "a turn is already running in this session: resume it with "
-        f"GET /api/v1/chat/{order.session_id}/stream, stop it with POST "
-        f"/api/v1/chat/{order.session_id}/stop, or send on_conflict='interrupt'",
-        code="turn_in_progress",
-    )
+    if order.on_conflict == "reject":  # the others are counted where they are queued
+        metrics.START_CONFLICTS.labels(order.on_conflict, "rejected").inc()
+    raise session_busy(order.session_id)
 
 
 async def _place_user_message(
@@ -198,7 +220,7 @@ async def _start_rows(
     # A backend that keeps its own context needs the stored history only to seed a fresh
     # one: its turns read the newest messages, and the rest if it asks.
     limit = NEWEST_MESSAGES if ctx.services.backend.manages_context else None
-    if order.trigger == "submit-message":
+    if order.trigger == "submit-message" and order.queued is None:
         message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
         started = await ctx.services.rows.start(
             session_id=order.session_id,
@@ -242,6 +264,15 @@ async def _start_rows(
         if session.active_turn_id is not None:
             # A turn that ended without freeing its session (a row older than the reaper).
             await sessions.set_active_turn(order.session_id, None)
+        if order.queued is not None:
+            marked = await db.execute(
+                text(MARK_STARTED), {"turn_id": turn_id, "id": order.queued.id}
+            )
+            if marked.rowcount == 0:  # type: ignore[attr-defined]
+                raise QueuedGone(order.queued.message_id)
+        elif order.on_conflict != "interrupt" and await _queue_waits(db, order.session_id):
+            # Messages wait for their turns: a new one goes after them, never ahead.
+            raise session_busy(order.session_id, queued=True)
         user_message_id = await _place_user_message(messages, order, turn_id)
         answered = await messages.by_message_id(order.session_id, user_message_id)
         assert answered is not None  # placed (or picked) just above, in this transaction
@@ -273,6 +304,14 @@ async def _start_rows(
     return StartedRows(history, first)
 
 
+async def _queue_waits(db: AsyncSession, session_id: str) -> bool:
+    waiting = await db.execute(
+        text("SELECT 1 FROM queued_messages WHERE session_id = :s AND status = 'queued' LIMIT 1"),
+        {"s": session_id},
+    )
+    return waiting.first() is not None
+
+
 async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
     """Take the session, persist the turn's first rows, and start its runner.
 
@@ -289,9 +328,11 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
         # Ownership first: another user's session must see no effect at all (no lease taken
         # or held, no turn stopped, no key or row written) and the same answer as an unknown
         # id. Checked once admitted, so that a burst does not flood the turns' pool with it.
-        owner = await ctx.services.rows.session_owner(order.session_id)
+        owner, policy = await ctx.services.rows.session_owner(order.session_id)
         if owner is not None and owner != order.user_id:
             raise session_not_found(order.session_id)
+        if order.on_conflict is None:
+            order.on_conflict = cast(Policy, policy or ctx.services.settings.on_conflict)
         slot = await _take_slot(ctx, order, turn_id)
         try:
             lease = await _take_lease(ctx, order, events_key, admission)
@@ -325,7 +366,7 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
         slot=slot,
         on_started=admission.give_back,
         trigger=order.trigger,
-        on_conflict=order.on_conflict,
+        on_conflict=order.on_conflict or "reject",
     )
     ctx.registry.add(runner)
     runner.start()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 RETRY_S = (0.5, 5.0)  # first and largest wait before subscribing again after a failure
 POLL_S = 0.5  # longest wait for a message: how soon the listener notices it is closing
 FORGET = b"forget"  # a stop channel message meaning: the session was deleted, drop its state
+STEER = b"steer"  # a stop channel message meaning: a message waits to join the session's turn
 STOP_WAIT_S = 10.0  # how long a stop waits for the turn's final write and the session's release
 FREED_POLL_S = 0.05  # how often a stop sent to another replica looks whether it took effect
 
@@ -79,6 +80,9 @@ class StopListener:
             task.add_done_callback(self._forgetting.discard)
             return False
         runner = self.registry.for_session(session_id) if session_id else None
+        if runner is not None and turn_id == STEER:
+            runner.steers_waiting()
+            return False
         if runner is None or runner.turn_id != turn_id.decode(errors="replace"):
             return False
         log.info("turn %s: stopped from another replica", runner.turn_id)
@@ -151,6 +155,15 @@ class TurnStopper:
             with anyio.move_on_after(wait_s):
                 await self._wait_freed(session_id, turn_id)
         return True
+
+    async def steer(self, session_id: str) -> None:
+        """Tell the replica running the session's turn that a message waits to join it (the
+        turn then takes it from the queue at its next model call)."""
+        runner = self.registry.for_session(session_id)
+        if runner is not None:
+            runner.steers_waiting()
+            return
+        await self.redis.publish(self.keys.stop_channel(session_id), STEER)
 
     async def forget(self, session_id: str) -> None:
         """Tell every replica (this one included) to drop what it keeps for the session."""
