@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,6 +18,8 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 COPILOT = str(Path(sys.executable).parent / "copilot")
@@ -52,6 +55,20 @@ def finished_turn(http: httpx.Client, session_id: str, timeout: float = 20.0) ->
         lambda: [t for t in turns(http, session_id) if t["status"] != "running"], timeout
     )
     return dict(done[0])
+
+
+def sql_rows(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of one statement, read straight from the database (what a server stored)."""
+
+    async def run() -> list[Any]:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(text(sql), params)).all())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def clean_environ() -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import uuid
@@ -10,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from tests.serving import (
     assert_well_formed,
     finished_turn,
     serve,
+    sql_rows,
     start_turn_raw,
     stream,
     turns,
@@ -26,20 +24,8 @@ from tests.serving import (
 )
 
 
-def _query(database_url: str, sql: str, **params: Any) -> list[Any]:
-    async def run() -> list[Any]:
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                return list((await conn.execute(text(sql), params)).all())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
 def _assistant_rows(database_url: str, session_id: str) -> list[Any]:
-    return _query(
+    return sql_rows(
         database_url,
         "SELECT status, parts FROM chat_messages WHERE session_id = :s AND role = 'assistant' "
         "ORDER BY seq",
@@ -175,7 +161,7 @@ def test_sigterm_mid_turn_ends_the_stream_cleanly_and_records_the_interruption(
     assert '"code":"interrupted"' in rest
     assert '"retryable":true' in rest
     assert rest.rstrip().endswith("data: [DONE]")
-    status, input_tokens = _query(
+    status, input_tokens = sql_rows(
         database_url,
         "SELECT status, input_tokens + cache_write_tokens FROM turns WHERE session_id = :s",
         s=sid,
