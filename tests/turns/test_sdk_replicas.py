@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +189,55 @@ def test_shutdown_leaves_no_cli_process(
         assert not [p for p in clis if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_steer_during_a_tool_call_reaches_the_clis_next_model_call(
+    fake: FakeUpstreamHandle, replicas: tuple[Served, Served]
+) -> None:
+    # The CLI's PostToolUse hook hands it over (`SteeringHook`): the next request carries
+    # it right after the tool's result, within the same turn.
+    a, b = replicas
+    sid = f"steer-{uuid.uuid4().hex[:8]}"
+    first: dict[str, Any] = {}
+    slow_tool = (
+        '[[fake:tool name=calculate input={"expression": "6*7"} '
+        'text="let me work this out step by step before calling the tool" rate=8]]'
+    )
+
+    def run_first() -> None:
+        with a.client() as http:
+            first["r"] = stream(
+                http, "POST", "/api/v1/chat", json={"id": sid, "message": slow_tool}
+            )
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    with b.client() as http:
+        wait_until(lambda: http.get(f"/api/v1/sessions/{sid}").json().get("status") == "running")
+        steer = stream(
+            http,
+            "POST",
+            "/api/v1/chat",
+            json={"id": sid, "message": "also say banana", "on_conflict": "steer"},
+        )
+    thread.join(60)
+    running = first["r"]
+    assert_well_formed(running)
+    statuses = [c["data"]["status"] for c in steer.chunks if c["type"] == "data-status"]
+    assert statuses == ["steering", "steered"]
+    assert [c["data"]["text"] for c in running.of("data-steer")] == ["also say banana"]
+    # The model's next call: the tool's result, then the message, as the CLI frames it.
+    calls = [r["json"]["messages"] for r in fake.requests("/v1/messages")]
+    with_steer = [m for m in calls if "also say banana" in str(m[-1])]
+    assert with_steer, "the steer reached a model call"
+    # (This CLI puts it in the tool_result's content as a system reminder; others send a
+    # system message right after it: either way it follows the result.)
+    tail = str(with_steer[0][-2:])
+    assert tail.index("tool_result") < tail.index("The user sent a new message while you were")
+    with a.client() as http:
+        history = http.get(f"/api/v1/sessions/{sid}/messages").json()["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    kinds = [p["type"] for p in history[1]["parts"]]
+    assert kinds.count("data-steer") == 1
+    assert kinds.index("tool-calculate") < kinds.index("data-steer")
+    assert kinds[-1] == "text"

@@ -45,10 +45,12 @@ from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
     ClaudeSDKError,
+    HookMatcher,
     Message,
     ResultMessage,
 )
 
+from app.backends.claude_sdk.hooks import SteeringHook
 from app.backends.claude_sdk.mapping import TurnMapper
 from app.backends.claude_sdk.pool import ClientPool, LiveClient
 from app.backends.claude_sdk.ports import Toolset, Transcripts, Workspace, Workspaces
@@ -140,6 +142,8 @@ class ClaudeSDKBackend:
         if not request.history or request.history[-1].get("role") != "user":
             raise UpstreamError("invalid_request", "there is no user message to answer")
         live, workspace, seeded = await self._client_for(request)
+        if live.steering is not None:
+            live.steering.control = control
         before = live.position
         mapper = TurnMapper(request.turn_id, request.model, self.toolset.public_name)
         clean = False
@@ -178,6 +182,8 @@ class ClaudeSDKBackend:
             yield mapper.finished()
         finally:
             live.booted()
+            if live.steering is not None:
+                live.steering.control = None
             if clean:
                 self.pool.put_back(live)
             else:
@@ -265,21 +271,31 @@ class ClaudeSDKBackend:
         workspace.cleanup_leftovers()
         if not rebuilt and stored is not None and stored.cli_session_id:
             store = self.transcripts.bind(session_id, stored)
-            options = self._options(request, workspace, store, resume=stored.cli_session_id)
+            steering = SteeringHook()
+            options = self._options(
+                request, workspace, store, steering, resume=stored.cli_session_id
+            )
             try:
-                return await self._connect(session_id, options, store, request), workspace, False
+                live = await self._connect(session_id, options, store, request, steering)
+                return live, workspace, False
             except Exception:
                 log.warning("session %s: resume failed; starting afresh", session_id, exc_info=True)
         store = self.transcripts.fresh(session_id, stored)
-        options = self._options(request, workspace, store, session_id=str(uuid.uuid4()))
-        live = await self._connect(session_id, options, store, request)
+        steering = SteeringHook()
+        options = self._options(request, workspace, store, steering, session_id=str(uuid.uuid4()))
+        live = await self._connect(session_id, options, store, request, steering)
         seeded = len(await request.full_history()) > 1  # a fresh CLI learns it from the seed
         if not rebuilt and (seeded or stored is not None):  # on rungs 2-3 the runner knows
             request.extra["fresh_session"] = True
         return live, workspace, seeded
 
     async def _connect(
-        self, session_id: str, options: ClaudeAgentOptions, store: Any, request: TurnRequest
+        self,
+        session_id: str,
+        options: ClaudeAgentOptions,
+        store: Any,
+        request: TurnRequest,
+        steering: SteeringHook,
     ) -> LiveClient:
         boot = await self.boots.acquire()
         client = ClaudeSDKClient(options)
@@ -289,7 +305,9 @@ class ClaudeSDKBackend:
             boot.release()
             await asyncio.shield(_disconnect_quietly(client))
             raise
-        live = LiveClient(session_id, client, store, model=request.model, boot=boot)
+        live = LiveClient(
+            session_id, client, store, model=request.model, boot=boot, steering=steering
+        )
         self.pool.adopt(live)
         return live
 
@@ -298,6 +316,7 @@ class ClaudeSDKBackend:
         request: TurnRequest,
         workspace: Workspace,
         store: Any,
+        steering: SteeringHook,
         *,
         resume: str | None = None,
         session_id: str | None = None,
@@ -314,6 +333,8 @@ class ClaudeSDKBackend:
         if self.base_url:
             env["ANTHROPIC_BASE_URL"] = self.base_url
         tools = self.toolset
+        hooks = dict(tools.hooks_for(workspace.path)) if tools.hooks_for else {}
+        hooks["PostToolUse"] = [*hooks.get("PostToolUse", []), HookMatcher(None, [steering])]
         return ClaudeAgentOptions(
             model=request.model,
             system_prompt=self.system_prompt,
@@ -324,7 +345,7 @@ class ClaudeSDKBackend:
             tools=list(tools.builtin),
             allowed_tools=[*tools.allowed, *tools.builtin],
             mcp_servers={"copilot": tools.server} if tools.server is not None else {},
-            hooks=cast(Any, tools.hooks_for(workspace.path)) if tools.hooks_for else None,
+            hooks=cast(Any, hooks),
             permission_mode="dontAsk",
             session_store=store,
             resume=resume,

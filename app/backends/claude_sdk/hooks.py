@@ -1,4 +1,5 @@
-"""PreToolUse guards for the CLI's built-in tools: workspace, Bash patterns, sub-agent cap.
+"""PreToolUse guards for the CLI's built-in tools (workspace, Bash patterns, sub-agent cap),
+and the PostToolUse hook that steers a running turn (`SteeringHook`, at the end).
 
 They only matter when `COPILOT_SDK_BUILTIN_TOOLS` turns built-ins on; the registry's MCP tools
 match none of the matchers, so they cost no hook round trip.
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk import HookContext, HookInput, HookJSONOutput, HookMatcher
+
+from app.backends.events import TurnControl
 
 FILE_TOOLS = ("Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "LS", "Glob", "Grep")
 SUBAGENT_TOOLS = ("Task", "Agent")
@@ -196,6 +199,41 @@ def tool_guards(
             HookMatcher("|".join(SUBAGENT_TOOLS), [cap], on_failure="block"),
         ]
     }
+
+
+STEER_HEADER = "The user sent a new message while you were working:"
+
+
+class SteeringHook:
+    """PostToolUse, on every tool: hands the messages sent to steer the running turn
+    (`on_conflict: "steer"`, `TurnControl.steers`) to the model before its next call.
+
+    Measured with the bundled CLI 2.1.330: the hook's `additionalContext` reaches the next
+    request as a system message right after the tool's `tool_result`, within the same turn
+    (one `ResultMessage`); the hook costs no measurable time. A `query()` sent to the busy
+    client does the same, but a steer arriving during the final answer then becomes a second
+    turn inside one `receive_response()`: a hook leaves such a steer in the queue, where it
+    becomes the session's next turn. One per client (its hooks are fixed at spawn); `control`
+    is the running turn's, set for the length of the turn.
+    """
+
+    def __init__(self) -> None:
+        self.control: TurnControl | None = None
+
+    async def __call__(
+        self, hook_input: HookInput, tool_use_id: str | None, context: HookContext
+    ) -> HookJSONOutput:
+        """The PostToolUse callback."""
+        control = self.control
+        texts = await control.steers() if control is not None else []
+        if not texts:
+            return {}
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PostToolUse",
+                "additionalContext": "\n\n".join([STEER_HEADER, *texts]),
+            }
+        }
 
 
 def _tool_input(hook_input: HookInput) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from claude_agent_sdk import ClaudeSDKClient
 
+from app.backends.claude_sdk.hooks import SteeringHook
 from app.backends.claude_sdk.ports import BoundTranscript
 from app.backends.claude_sdk.spawning import BootSlot, cli_pid
 from app.store.transcripts import TranscriptPosition
@@ -51,6 +52,7 @@ class LiveClient:
         return self.store.position
 
     boot: BootSlot | None = None  # held from the spawn to the first turn's first message
+    steering: SteeringHook | None = None  # its PostToolUse hook, pointed at the running turn
 
     @property
     def pid(self) -> int | None:
