@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 FIELD_DATA = STREAM_FIELD.encode()  # created with the lease (`Lease.acquire`)
 FIELD_END = b"e"
+# Marks the entry a reaper wrote to close the log of a turn whose replica died: a client may
+# hold frames that died with that replica (the last flush window's), and so already hold the
+# sequence numbers these frames were given. They are always delivered, renumbered after
+# what the reader has (`frames_after`).
+FIELD_CLOSING = b"c"
 
 
 # After this many failed flushes in a row (about 10 s at the default window) queued frames
@@ -168,6 +173,38 @@ class EventLogWriter:
             await asyncio.wait_for(self.flush(), 5)
 
 
+Entry = dict[bytes, bytes]
+
+
+def renumbered(raw: bytes, seq: int) -> bytes:
+    """An encoded frame with another sequence number."""
+    return b"id: %d\n" % seq + raw[raw.index(b"\n") + 1 :]
+
+
+class _After:
+    """Picks the frames a reader lacks from a log's entries, in order: those numbered after
+    `after_seq`, and a closing entry's whole, numbered on from what the reader has."""
+
+    def __init__(self, after_seq: int) -> None:
+        self.last = after_seq
+
+    def pick(self, fields: Entry) -> list[bytes]:
+        frames = split_frames(fields.get(FIELD_DATA, b""))
+        if FIELD_CLOSING in fields:
+            out = [renumbered(f, self.last + 1 + i) for i, f in enumerate(frames)]
+        else:
+            out = [f for f in frames if (frame_seq(f) or -1) > self.last]
+        if out:
+            self.last = frame_seq(out[-1]) or self.last
+        return out
+
+
+def frames_after(entries: list[Entry], after_seq: int) -> list[bytes]:
+    """The frames of a log's entries that a reader holding up to `after_seq` lacks."""
+    picker = _After(after_seq)
+    return [f for fields in entries for f in picker.pick(fields)]
+
+
 async def read_log(
     redis: Redis | RedisCluster, key: str, after_seq: int, block_ms: int
 ) -> AsyncGenerator[bytes | None, None]:
@@ -176,6 +213,7 @@ async def read_log(
     readers' client times out a little after that. Ends after the log's last entry."""
     block_ms = min(block_ms, int(READ_BLOCK_MAX_S * 1000))
     last_id = b"0-0"
+    picker = _After(after_seq)
     while True:
         reply = await redis.xread({key: last_id}, count=100, block=block_ms)
         if not reply:
@@ -183,22 +221,38 @@ async def read_log(
                 return
             yield None
             continue
-        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply)
+        streams = cast(list[tuple[bytes, list[tuple[bytes, Entry]]]], reply)
         for _stream, entries in streams:
             for entry_id, fields in entries:
                 last_id = entry_id
-                frames = [
-                    f
-                    for f in split_frames(fields.get(FIELD_DATA, b""))
-                    if (frame_seq(f) or 0) > after_seq
-                ]
+                frames = picker.pick(fields)
                 if frames:
                     yield b"".join(frames)
                 if FIELD_END in fields:
                     return
 
 
+async def log_entries(redis: Redis | RedisCluster, key: str) -> list[Entry]:
+    """Every entry the log holds, in order (empty when it is gone)."""
+    entries = cast(list[tuple[bytes, Entry]], await redis.xrange(key))
+    return [fields for _id, fields in entries]
+
+
+def entry_frames(entries: list[Entry]) -> list[bytes]:
+    """Every frame of a log's entries, as written."""
+    return [f for fields in entries for f in split_frames(fields.get(FIELD_DATA, b""))]
+
+
 async def log_frames(redis: Redis | RedisCluster, key: str) -> list[bytes]:
     """Every frame the log holds, in order (empty when it is gone)."""
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key))
-    return [f for _id, fields in entries for f in split_frames(fields.get(FIELD_DATA, b""))]
+    return entry_frames(await log_entries(redis, key))
+
+
+async def close_log(redis: Redis | RedisCluster, key: str, frames: list[bytes], ttl_s: int) -> None:
+    """End the log of a turn whose replica died with `frames` (a closing entry; the log's
+    TTL renewed). A log that is gone stays gone."""
+    entry = {FIELD_DATA: b"".join(frames), FIELD_END: b"1", FIELD_CLOSING: b"1"}
+    pipe = redis.pipeline(transaction=False)
+    pipe.xadd(key, entry, nomkstream=True)  # type: ignore[arg-type]
+    pipe.expire(key, ttl_s)
+    await pipe.execute()

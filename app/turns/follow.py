@@ -24,7 +24,7 @@ from app.lifespan import AppState
 from app.store.messages import MessageRepository
 from app.store.models import ChatMessage, Turn
 from app.stream import chunks
-from app.stream.eventlog import log_frames, read_log
+from app.stream.eventlog import entry_frames, frames_after, log_entries, read_log
 from app.stream.replay import closing_chunks, frame_chunks, message_chunks
 from app.stream.sse import DONE, PING, frame, frame_seq
 
@@ -124,13 +124,13 @@ async def _close_from_postgres(
 ) -> bytes:
     """Close a stream whose log stopped short: its open parts and step, then how Postgres says
     the turn ended (`interrupted` while the row still says running), `finish` and `[DONE]`."""
-    frames = await log_frames(state.redis, key)
-    rest = [f for f in frames if (frame_seq(f) or -1) > last_seq]
+    entries = await log_entries(state.redis, key)
+    rest = frames_after(entries, last_seq)
     if any(chunk.get("type") == "finish" for _, chunk in frame_chunks(rest)):
         # The log was closed meanwhile (by the reaper): the rest of it ends the stream.
         return b"".join(rest) + DONE
     turn, message = await _load(state, turn_id)
-    seen, out = closing_chunks(frames)
+    seen, out = closing_chunks(entry_frames(entries))
     if turn.status == "running":
         out.append(chunks.data_error("interrupted", MESSAGES["interrupted"], True))
         out.append(chunks.error(f"interrupted: {MESSAGES['interrupted']}"))

@@ -60,7 +60,8 @@ async def enqueue(ctx: TurnContext, order: TurnOrder) -> Queued:
     """Store a message that found its session busy, in order; a steer is announced to the
     replica running the session's turn. 429 past `COPILOT_MAX_QUEUED`, 409 for a message id
     the history holds already; a message queued already (a retried POST) is found again."""
-    kind = "steer" if order.on_conflict == "steer" else "turn"
+    policy = order.on_conflict or "enqueue"
+    kind = "steer" if policy == "steer" else "turn"
     try:
         queued = await ctx.queue.add(
             session_id=order.session_id,
@@ -73,7 +74,7 @@ async def enqueue(ctx: TurnContext, order: TurnOrder) -> Queued:
             limit=ctx.services.settings.max_queued,
         )
     except QueueFull as full:
-        metrics.START_CONFLICTS.labels(kind, "rejected").inc()
+        metrics.START_CONFLICTS.labels(policy, "rejected").inc()
         raise TooManyRequests(
             f"{full.args[0]} messages already wait in this session (COPILOT_MAX_QUEUED): wait "
             "for a reply, or cancel one with DELETE /api/v1/sessions/{id}/messages/{id}",
@@ -87,7 +88,7 @@ async def enqueue(ctx: TurnContext, order: TurnOrder) -> Queued:
         ) from None
     except SessionGone:
         raise session_not_found(order.session_id) from None
-    metrics.START_CONFLICTS.labels(order.on_conflict or kind, "queued").inc()
+    metrics.START_CONFLICTS.labels(policy, "queued").inc()
     if kind == "steer":
         await ctx.stopper.steer(order.session_id)
     kick_soon(ctx, order.session_id)  # the turn may have ended since the 409

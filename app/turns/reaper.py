@@ -19,7 +19,9 @@ Reaping one turn (`Reaper.reap`), which the start of a new turn on an orphan's s
    that was only slow, exactly one records the turn; that late write then adds only its usage.
 3. The winner appends to the EventLog what closes the stream (open parts and step ended,
    `data-error`, `error`, `finish`) and ends it, so a client tailing the turn on any replica
-   ends cleanly instead of waiting.
+   ends cleanly instead of waiting. It is a closing entry (`eventlog.close_log`): a client
+   that got frames the dead replica never flushed to the log (its last flush window) already
+   holds the numbers these frames would have, and is given them renumbered after its own.
 
 A slow replica that comes back finds its lease gone at its next refresh and stops the turn
 (`TurnMaintenance`); its final write no longer changes the reply or the turn's status.
@@ -49,7 +51,7 @@ from app.observability import metrics
 from app.store.queue import MessageQueue
 from app.store.turn_rows import TurnRows
 from app.stream import chunks
-from app.stream.eventlog import EventLogWriter, log_frames
+from app.stream.eventlog import EventLogWriter, close_log, log_frames
 from app.stream.replay import closing_chunks, frame_chunks
 from app.stream.sse import frame
 from app.turns.registry import TurnRegistry
@@ -240,7 +242,6 @@ class Reaper:
                 chunks.error(f"interrupted: {MESSAGES['interrupted']}"),
                 chunks.finish("error", reaped.metadata),
             ]
-            for seq, chunk in enumerate(tail, start=last_seq + 1):
-                self.eventlog.append(key, frame(seq, chunk))
-            self.eventlog.end(key)
+            frames = [frame(seq, chunk) for seq, chunk in enumerate(tail, start=last_seq + 1)]
+            await close_log(self.redis, key, frames, self.eventlog.ttl_s)
         return True

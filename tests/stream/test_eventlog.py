@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 
+import orjson
 from redis.asyncio import Redis
 
 from app.config import RedisSettings
 from app.coord.redis import READ_BLOCK_MAX_S, create_redis
-from app.stream.eventlog import read_log
+from app.stream.eventlog import frames_after, read_log
+from app.stream.sse import frame, frame_seq
 
 
 async def test_a_reader_blocks_less_long_than_its_clients_socket_timeout(redis_url: str) -> None:
@@ -30,3 +32,26 @@ async def test_a_reader_blocks_less_long_than_its_clients_socket_timeout(redis_u
     finally:
         await readers.delete(key)
         await readers.aclose()
+
+
+def _frames(*seqs: int, kind: str = "text-delta") -> bytes:
+    return b"".join(frame(seq, {"type": kind, "id": "t", "delta": str(seq)}) for seq in seqs)
+
+
+def test_a_reader_behind_the_log_gets_the_closing_entry_as_numbered() -> None:
+    entries = [{b"d": _frames(0, 1, 2, 3)}, {b"d": _frames(4, 5), b"e": b"1", b"c": b"1"}]
+    assert [frame_seq(f) for f in frames_after(entries, 1)] == [2, 3, 4, 5]
+
+
+def test_a_reader_ahead_of_the_log_gets_the_closing_entry_whole_numbered_after_its_own() -> None:
+    # It got frames 4 and 5 from the replica that died before they reached the log: the
+    # reaper's closing frames, numbered 4 and 5 in the log, come to it as 6 and 7.
+    entries = [{b"d": _frames(0, 1, 2, 3)}, {b"d": _frames(4, 5), b"e": b"1", b"c": b"1"}]
+    closing = frames_after(entries, 5)
+    assert [frame_seq(f) for f in closing] == [6, 7]
+    assert [orjson.loads(f.split(b"data: ", 1)[1])["delta"] for f in closing] == ["4", "5"]
+
+
+def test_an_ordinary_last_entry_is_filtered_by_number() -> None:
+    entries = [{b"d": _frames(0, 1, 2, 3), b"e": b"1"}]
+    assert frames_after(entries, 5) == []
