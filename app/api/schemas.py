@@ -12,6 +12,8 @@ from app.api.text import Metadata, Text, Title
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+# What a message sent while its session's turn runs does (`POST /chat`'s `on_conflict`).
+OnConflict = Literal["reject", "enqueue", "interrupt", "steer"]
 
 
 class FieldError(BaseModel):
@@ -45,15 +47,22 @@ class SessionCreate(BaseModel):
     id: SessionId | None = None
     title: Title | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # The session's policy for a message sent during a turn; None: `COPILOT_ON_CONFLICT`.
+    on_conflict: OnConflict | None = None
 
 
 class SessionPatch(BaseModel):
-    """Rename a session and/or replace its metadata."""
+    """Rename a session, replace its metadata and/or set its `on_conflict` policy.
+
+    A field left out is kept; `title` or `metadata` null is kept too, but `on_conflict` null
+    clears the session's policy (the server's `COPILOT_ON_CONFLICT` applies again).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     title: Title | None = None
     metadata: Metadata | None = None
+    on_conflict: OnConflict | None = None
 
 
 class UsageOut(BaseModel):
@@ -72,8 +81,12 @@ class SessionOut(BaseModel):
     id: str
     title: str | None
     metadata: dict[str, Any]
+    # running: a turn runs; queued: none runs yet but messages wait (a moment between turns).
     status: Literal["idle", "running", "queued"]
     active_turn_id: str | None
+    # The session's own policy for a message sent during a turn (None: the server's).
+    on_conflict: OnConflict | None
+    queue_length: int  # messages waiting for their turn (or to steer the running one)
     usage: UsageOut
     created_at: datetime
     updated_at: datetime

@@ -1,4 +1,5 @@
-"""The sessions REST API: create, list, get, rename, delete, history, turns and feedback."""
+"""The sessions REST API: create, list, get, rename, delete, history, turns and feedback, and
+the messages waiting in a session's queue (listed with the history, cancelled one by one)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound
 from app.store.feedback import FeedbackRepository, feedback_out
 from app.store.messages import MessageRepository, as_ui_message
-from app.store.models import ChatMessage, ChatSession, Turn, TurnAttempt
-from app.store.sessions import SessionRepository
+from app.store.models import ChatMessage, ChatSession, QueuedMessage, Turn, TurnAttempt
+from app.store.queue import MessageQueue
+from app.store.sessions import KEEP, SessionRepository
 from app.store.turns import TurnRepository
 
 router = APIRouter(
@@ -43,6 +45,7 @@ router = APIRouter(
 
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="The session id")]
 MessageIdPath = Annotated[Identifier, Path(description="The id of an assistant message")]
+QueuedIdPath = Annotated[Identifier, Path(description="The id of a queued user message")]
 
 
 def _usage(row: ChatSession | Turn) -> UsageOut:
@@ -55,14 +58,17 @@ def _usage(row: ChatSession | Turn) -> UsageOut:
     )
 
 
-def session_out(row: ChatSession) -> SessionOut:
-    """A session row as the API shows it."""
+def session_out(row: ChatSession, queue_length: int = 0) -> SessionOut:
+    """A session row as the API shows it, with how many messages wait in its queue."""
+    running = row.active_turn_id is not None
     return SessionOut(
         id=row.id,
         title=row.title,
         metadata=row.metadata_,
-        status="running" if row.active_turn_id else "idle",
+        status="running" if running else "queued" if queue_length else "idle",
         active_turn_id=str(row.active_turn_id) if row.active_turn_id else None,
+        on_conflict=row.on_conflict,  # only the API writes it: one of the policies
+        queue_length=queue_length,
         usage=_usage(row),
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -127,9 +133,12 @@ def _check_limits(settings: Settings, title: str | None, metadata: dict[str, Any
 async def create_session(
     body: SessionCreate, user: CurrentUser, db: SessionDep, settings: SettingsDep
 ) -> SessionOut:
-    """Create a session (server uuid unless the client brings an id)."""
+    """Create a session (server uuid unless the client brings an id), with its own
+    `on_conflict` policy if given."""
     _check_limits(settings, body.title, body.metadata)
-    row = await SessionRepository(db).create(user.id, body.id, body.title, body.metadata)
+    row = await SessionRepository(db).create(
+        user.id, body.id, body.title, body.metadata, body.on_conflict
+    )
     return session_out(row)
 
 
@@ -141,14 +150,23 @@ async def list_sessions(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> SessionPage:
     """The caller's sessions, newest first; pass `next_cursor` back as `cursor` for more."""
-    rows, next_cursor = await SessionRepository(db).page(user.id, limit, cursor)
-    return SessionPage(sessions=[session_out(r) for r in rows], next_cursor=next_cursor)
+    sessions = SessionRepository(db)
+    rows, next_cursor = await sessions.page(user.id, limit, cursor)
+    waiting = await sessions.queue_lengths([r.id for r in rows])
+    return SessionPage(
+        sessions=[session_out(r, waiting.get(r.id, 0)) for r in rows], next_cursor=next_cursor
+    )
+
+
+async def _with_queue(sessions: SessionRepository, row: ChatSession) -> SessionOut:
+    return session_out(row, (await sessions.queue_lengths([row.id])).get(row.id, 0))
 
 
 @router.get("/{session_id}", response_model=SessionOut)
 async def get_session(session_id: SessionIdPath, user: CurrentUser, db: SessionDep) -> SessionOut:
-    """A session with its status, active turn and usage totals."""
-    return session_out(await SessionRepository(db).get(user.id, session_id))
+    """A session with its status, active turn, usage totals, policy and queue length."""
+    sessions = SessionRepository(db)
+    return await _with_queue(sessions, await sessions.get(user.id, session_id))
 
 
 @router.patch("/{session_id}", response_model=SessionOut)
@@ -159,12 +177,21 @@ async def patch_session(
     db: SessionDep,
     settings: SettingsDep,
 ) -> SessionOut:
-    """Rename a session and/or replace its metadata."""
+    """Rename a session, replace its metadata and/or set its `on_conflict` policy.
+
+    `on_conflict` (reject, enqueue, interrupt, steer) is what a message sent while a turn runs
+    does when its request does not say; null clears it (`COPILOT_ON_CONFLICT` applies).
+    """
     _check_limits(settings, body.title, body.metadata)
-    row = await SessionRepository(db).update(
-        user.id, session_id, title=body.title, metadata=body.metadata
+    sessions = SessionRepository(db)
+    row = await sessions.update(
+        user.id,
+        session_id,
+        title=body.title,
+        metadata=body.metadata,
+        on_conflict=body.on_conflict if "on_conflict" in body.model_fields_set else KEEP,
     )
-    return session_out(row)
+    return await _with_queue(sessions, row)
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response)
@@ -197,9 +224,16 @@ async def list_messages(
     """History as AI SDK UIMessages, oldest first; `before` pages back from a message id.
 
     The reply of a turn still running is left out: resuming its stream replays it whole.
-    A rated reply has `metadata.feedback` (`{rating, comment?}`).
+    A rated reply has `metadata.feedback` (`{rating, comment?}`). The newest page (no
+    `before`) ends with the messages waiting in the session's queue, in order, beyond `limit`
+    (at most `COPILOT_MAX_QUEUED`): user messages whose `metadata` has `status: "queued"`,
+    `position` (1: next) and `onConflict` (enqueue or steer).
     """
-    session = await SessionRepository(db).get(user.id, session_id)
+    sessions = SessionRepository(db)
+    session = await sessions.get(user.id, session_id)
+    # The queue before the history: a message whose turn starts in between is then in the
+    # history (its start moves it there in one transaction), never missing from both.
+    waiting = await sessions.waiting(session_id) if before is None else []
     rows, more = await MessageRepository(db).page(session_id, limit, before)
     active = session.active_turn_id
     shown = [r for r in rows if active is None or r.turn_id != active or r.role != "assistant"]
@@ -212,7 +246,68 @@ async def list_messages(
         if row.message_id in rated:
             message["metadata"]["feedback"] = feedback_out(rated[row.message_id])
         messages.append(UIMessageOut(**message))
+    listed = {row.message_id for row in rows}
+    waiting = [q for q in waiting if q.message_id not in listed]
+    messages.extend(_queued_message(q, n) for n, q in enumerate(waiting, start=1))
     return MessagePage(messages=messages, has_more=more)
+
+
+def _queued_message(row: QueuedMessage, position: int) -> UIMessageOut:
+    """A waiting message as the user's UIMessage, with its place in the queue."""
+    metadata = dict(row.metadata_ or {})
+    metadata.setdefault("createdAt", row.created_at.isoformat())
+    metadata.update(
+        status="queued",
+        position=position,
+        onConflict="steer" if row.kind == "steer" else "enqueue",
+    )
+    return UIMessageOut(id=row.message_id, role="user", parts=row.parts, metadata=metadata)
+
+
+@router.delete(
+    "/{session_id}/messages/{message_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(422),
+)
+async def cancel_queued_message(
+    session_id: SessionIdPath,
+    message_id: QueuedIdPath,
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+) -> Response:
+    """Cancel a message waiting in the session's queue: 204 (again for one cancelled already).
+
+    Its POST's stream says `data-status` cancelled and ends; it never runs. 409
+    `message_started` once its turn started or it joined the running turn (steered), 409
+    `message_not_queued` for a message of the history that was never queued, 404
+    `message_not_found` for an id the session does not know.
+    """
+    await SessionRepository(db).get(user.id, session_id)
+    queue = state.turns.queue if state.turns is not None else MessageQueue(state.turn_rows.pool)
+    status = await queue.cancel(session_id, message_id)
+    if status == "cancelled":
+        return Response(status_code=204)
+    if status is not None:
+        what = (
+            "has joined the running turn (steered): that turn's reply is being written"
+            if status == "steered"
+            else "has started its turn: its reply is being written"
+        )
+        started = Conflict(
+            f"message {message_id!r} {what}; stop the turn with POST "
+            f"/api/v1/chat/{session_id}/stop",
+            code="message_started",
+        )
+        started.extra = {"status": status}  # started or steered
+        raise started
+    if await MessageRepository(db).by_message_id(session_id, message_id) is not None:
+        raise Conflict(
+            f"message {message_id!r} was never queued: only a queued message can be cancelled",
+            code="message_not_queued",
+        )
+    raise NotFound(f"no message {message_id!r} in session {session_id!r}", code="message_not_found")
 
 
 @router.get("/{session_id}/turns", response_model=TurnList)

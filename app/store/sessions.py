@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import base64
+import enum
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.store.models import ChatSession
+from app.store.models import ChatSession, QueuedMessage
 
 # The shape of a session id (`app/api/schemas.py`), checked again when a cursor is decoded.
 _CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -41,6 +42,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not one this server issued", code="invalid_cursor") from exc
 
 
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+# `SessionRepository.update`'s value for a field to leave as it is (None clears one).
+KEEP = _Keep.KEEP
+
+
 def session_not_found(session_id: str) -> NotFound:
     """The one answer for a session id the caller cannot see: unknown or someone else's."""
     return NotFound(f"session {session_id!r} not found", code="session_not_found")
@@ -53,7 +62,12 @@ class SessionRepository:
         self.db = db
 
     async def create(
-        self, user_id: str, session_id: str | None, title: str | None, metadata: dict[str, Any]
+        self,
+        user_id: str,
+        session_id: str | None,
+        title: str | None,
+        metadata: dict[str, Any],
+        on_conflict: str | None = None,
     ) -> ChatSession:
         """Insert a session; a taken id is a conflict."""
         row = ChatSession(
@@ -61,7 +75,9 @@ class SessionRepository:
         )
         stmt = (
             insert(ChatSession)
-            .values(id=row.id, user_id=user_id, title=title, metadata=metadata)
+            .values(
+                id=row.id, user_id=user_id, title=title, metadata=metadata, on_conflict=on_conflict
+            )
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(ChatSession.id)
         )
@@ -117,16 +133,40 @@ class SessionRepository:
         *,
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        on_conflict: str | None | Literal[_Keep.KEEP] = KEEP,
     ) -> ChatSession:
-        """Rename and/or replace metadata."""
+        """Rename, replace metadata and/or set the session's policy (None clears it)."""
         row = await self.get(user_id, session_id, for_update=True)
         if title is not None:
             row.title = title
         if metadata is not None:
             row.metadata_ = metadata
+        if on_conflict is not KEEP:
+            row.on_conflict = on_conflict
         row.updated_at = func.now()
         await self.db.flush()
         return await self.get(user_id, session_id)
+
+    async def queue_lengths(self, session_ids: list[str]) -> dict[str, int]:
+        """How many messages wait in each of these sessions (one statement for a page);
+        a session without any is left out."""
+        if not session_ids:
+            return {}
+        stmt = (
+            select(QueuedMessage.session_id, func.count())
+            .where(QueuedMessage.session_id.in_(session_ids), QueuedMessage.status == "queued")
+            .group_by(QueuedMessage.session_id)
+        )
+        return {session_id: count for session_id, count in (await self.db.execute(stmt)).all()}
+
+    async def waiting(self, session_id: str) -> list[QueuedMessage]:
+        """The session's messages waiting for their turns (or to steer one), in queue order."""
+        stmt = (
+            select(QueuedMessage)
+            .where(QueuedMessage.session_id == session_id, QueuedMessage.status == "queued")
+            .order_by(QueuedMessage.id)
+        )
+        return list((await self.db.execute(stmt)).scalars())
 
     async def delete(self, user_id: str, session_id: str) -> None:
         """Delete a session with its messages, turns and transcript (cascade)."""

@@ -172,6 +172,56 @@ async def test_patch_renames_and_replaces_metadata(
     assert again["title"] == "New"
 
 
+async def test_a_session_has_its_own_on_conflict_policy(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    headers = bearer(settings, "alice")
+    created = await client.post(
+        "/api/v1/sessions", json={"id": "pol", "on_conflict": "steer"}, headers=headers
+    )
+    assert created.status_code == 201
+    assert created.json()["on_conflict"] == "steer"
+    assert created.json()["queue_length"] == 0
+    assert created.json()["status"] == "idle"
+
+    async def patch(body: dict[str, object]) -> dict[str, object]:
+        response = await client.patch("/api/v1/sessions/pol", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    assert (await patch({"on_conflict": "enqueue"}))["on_conflict"] == "enqueue"
+    # Left out, it is kept; title and metadata are kept when only the policy changes.
+    kept = await patch({"title": "Named"})
+    assert kept["on_conflict"] == "enqueue"
+    assert (await patch({"on_conflict": "interrupt"}))["title"] == "Named"
+    # null clears it: the server's COPILOT_ON_CONFLICT applies again.
+    cleared = await patch({"on_conflict": None})
+    assert cleared["on_conflict"] is None
+    assert cleared["title"] == "Named"
+    shown = (await client.get("/api/v1/sessions/pol", headers=headers)).json()
+    assert shown["on_conflict"] is None
+    assert shown["queue_length"] == 0
+    listed = (await client.get("/api/v1/sessions", headers=headers)).json()["sessions"]
+    assert [(s["id"], s["on_conflict"], s["queue_length"]) for s in listed] == [("pol", None, 0)]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+@pytest.mark.parametrize("policy", ["ignore", "REJECT", 1, ""])
+async def test_an_unknown_on_conflict_policy_is_422(
+    client: httpx.AsyncClient, settings: Settings, method: str, policy: object
+) -> None:
+    headers = bearer(settings, "alice")
+    await client.post("/api/v1/sessions", json={"id": "pol"}, headers=headers)
+    path = "/api/v1/sessions" if method == "POST" else "/api/v1/sessions/pol"
+    response = await client.request(method, path, json={"on_conflict": policy}, headers=headers)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["fields"][0]["field"] == "on_conflict"
+    shown = (await client.get("/api/v1/sessions/pol", headers=headers)).json()
+    assert shown["on_conflict"] is None
+
+
 async def test_delete_removes_the_session(client: httpx.AsyncClient, settings: Settings) -> None:
     headers = bearer(settings, "alice")
     await client.post("/api/v1/sessions", json={"id": "d1"}, headers=headers)
@@ -202,9 +252,11 @@ async def test_unknown_session_is_404(client: httpx.AsyncClient, settings: Setti
     [
         ("GET", "/api/v1/sessions/owned", None),
         ("PATCH", "/api/v1/sessions/owned", {"title": "mine now"}),
+        ("PATCH", "/api/v1/sessions/owned", {"on_conflict": "interrupt"}),
         ("DELETE", "/api/v1/sessions/owned", None),
         ("GET", "/api/v1/sessions/owned/messages", None),
         ("GET", "/api/v1/sessions/owned/turns", None),
+        ("DELETE", "/api/v1/sessions/owned/messages/any-message", None),
     ],
 )
 async def test_another_users_session_is_404_on_every_route(
@@ -218,3 +270,4 @@ async def test_another_users_session_is_404_on_every_route(
     still = await client.get("/api/v1/sessions/owned", headers=bearer(settings, "alice"))
     assert still.status_code == 200
     assert still.json()["title"] is None
+    assert still.json()["on_conflict"] is None

@@ -136,8 +136,13 @@ def rows(db: Database, session_id: str) -> tuple[Any, ...]:
         ),
         db.value("SELECT count(*) FROM turns WHERE session_id = $1", session_id),
         db.value(
-            "SELECT json_build_array(user_id, title, metadata, active_turn_id)::text"
+            "SELECT json_build_array(user_id, title, metadata, active_turn_id, on_conflict)::text"
             " FROM chat_sessions WHERE id = $1",
+            session_id,
+        ),
+        db.value(
+            "SELECT json_agg(json_build_array(message_id, status) ORDER BY id)::text"
+            " FROM queued_messages WHERE session_id = $1",
             session_id,
         ),
     )
@@ -157,7 +162,9 @@ def intrusions(session_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
     return [
         ("GET", f"/api/v1/sessions/{session_id}", None),
         ("PATCH", f"/api/v1/sessions/{session_id}", {"title": "mine now"}),
+        ("PATCH", f"/api/v1/sessions/{session_id}", {"on_conflict": "interrupt"}),
         ("DELETE", f"/api/v1/sessions/{session_id}", None),
+        ("DELETE", f"/api/v1/sessions/{session_id}/messages/m-1", None),
         ("GET", f"/api/v1/sessions/{session_id}/messages", None),
         ("GET", f"/api/v1/sessions/{session_id}/turns", None),
         ("POST", f"/api/v1/chat/{session_id}/stop", None),
