@@ -199,6 +199,10 @@ def test_every_route_as_another_tenant_answers_4xx_within_the_schema(
                 skipped = excluded
                 if response.status_code == 413:  # refused for its size, unread: a rejection
                     skipped = [*excluded, openapi_checks.negative_data_rejection]
+                elif used is not None and case.path_parameters:
+                    # A real session id replaced the path's: what made the case invalid may
+                    # be gone with it (a valid request then rightly succeeds).
+                    skipped = [*excluded, openapi_checks.negative_data_rejection]
                 case.validate_response(response, excluded_checks=skipped, headers=tenants.alice)
                 _tenant_check(case, response, tenants, used)
 
