@@ -7,10 +7,10 @@
 //
 // env: BASE_URL (default http://127.0.0.1:8000), AUTH_TOKEN (sent as `Authorization: Bearer`),
 //      AI_VERSIONS (default ai5,ai6,ai7), SCENARIO (default all = text,tool,error,regenerate,
-//      resume,resume-live; or a comma list), SCENARIO_TIMEOUT_MS (default 60000), DEBUG=1 (raw SSE of
-//      every stream on stderr), WIRE_CHECKS=0 (skip the wire-contract audit: only what the SDK
-//      itself rejects and the scenario checks count; for telling the two kinds of failure
-//      apart), IDLE_RESUME (default 204: resuming a chat with no running turn must answer 204,
+//      resume,resume-live,queued,steered; or a comma list), SCENARIO_TIMEOUT_MS (default
+//      60000), DEBUG=1 (raw SSE of every stream on stderr), WIRE_CHECKS=0 (skip the
+//      wire-contract audit: only what the SDK itself rejects and the scenario checks count;
+//      for telling the two kinds of failure apart), IDLE_RESUME (default 204: resuming a chat with no running turn must answer 204,
 //      as design.md says; `any` also accepts a 200 replay of the last turn, which the SDK
 //      handles as well).
 // Prints `ok <version> <scenario>` or `FAIL <version> <scenario>: <why>` per pair, then
@@ -31,14 +31,24 @@ const DIRECTIVES = {
   afterError: '[[fake:text text="Working again"]]',
   // Long enough (60 words at 40 a second: 1.5 s) for a second chat to resume it mid-turn.
   slow: '[[fake:text tokens=60 rate=40]]',
+  // Sent while `slow` runs, with on_conflict "enqueue": answered in turns of their own, in order
+  // (each slow enough, 0.5 s, for the next one's position to be seen going down).
+  queuedChat: '[[fake:text text="the queued reply of the second chat, after the first turn" rate=20]]',
+  queuedFetch: '[[fake:text text="the queued reply of a plain fetch, after the second chat" rate=20]]',
+  // A tool call after 1.4 s of text (11 words at 8 a second): time for a steer to arrive before
+  // the next model call. After the tool's result the fake answers "Tool result: ...".
+  slowTool: '[[fake:tool name=calculate input={"expression": "6*7"} text="let me work this out step by step before calling the tool" rate=8]]',
+  steer: 'no wait, use the other file',
 };
 const TOOL_NAME = 'get_current_time';
+const QUEUED_CHAT_TEXT = 'the queued reply of the second chat, after the first turn';
+const QUEUED_FETCH_TEXT = 'the queued reply of a plain fetch, after the second chat';
 
 const BASE_URL = (process.env.BASE_URL ?? 'http://127.0.0.1:8000').replace(/\/+$/, '');
 const API = `${BASE_URL}/api/v1/chat`;
 const AUTH_TOKEN = process.env.AUTH_TOKEN;
 const VERSIONS = (process.env.AI_VERSIONS ?? 'ai5,ai6,ai7').split(',').map((s) => s.trim()).filter(Boolean);
-const ALL_SCENARIOS = ['text', 'tool', 'error', 'regenerate', 'resume', 'resume-live'];
+const ALL_SCENARIOS = ['text', 'tool', 'error', 'regenerate', 'resume', 'resume-live', 'queued', 'steered'];
 const SCENARIO = process.env.SCENARIO ?? 'all';
 const SCENARIOS = SCENARIO === 'all' ? ALL_SCENARIOS : SCENARIO.split(',').map((s) => s.trim()).filter(Boolean);
 const TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS ?? 60000);
@@ -86,25 +96,41 @@ class Run {
     this.chats = [];
   }
 
-  chat({ id = randomUUID(), messages = [] } = {}) {
+  /**
+   * A chat over the version's `DefaultChatTransport`; `transport` adds options to it (`body`,
+   * `prepareSendMessagesRequest`). `chat.seen` records what its callbacks got: `data`
+   * (onData's chunks, transient ones included), `finished` (onFinish's arguments) and
+   * `statuses` (every status it went through).
+   */
+  chat({ id = randomUUID(), messages = [], transport: options = {} } = {}) {
     const { sdk } = this;
     const transport = new sdk.DefaultChatTransport({
       api: API,
       headers: AUTH_TOKEN ? { Authorization: `Bearer ${AUTH_TOKEN}` } : undefined,
       fetch: recordingFetch(sdk, this.exchanges),
+      ...options,
     });
-    class MemoryChat extends sdk.AbstractChat {}
+    const seen = { data: [], finished: [], statuses: [] };
+    class MemoryChat extends sdk.AbstractChat {
+      setStatus(update) {
+        if (seen.statuses.at(-1) !== update.status) seen.statuses.push(update.status);
+        super.setStatus(update);
+      }
+    }
     const chat = new MemoryChat({
       id,
       transport,
       state: new MemoryChatState(structuredClone(messages)),
       onError: (error) => this.chatErrors.push(error),
+      onData: (part) => seen.data.push(structuredClone(part)),
+      onFinish: (finished) => seen.finished.push(structuredClone(finished)),
       // Called by every version for tool-input-available chunks without providerExecuted:
       // the server runs its tools itself, so this must never fire.
       onToolCall: ({ toolCall }) => {
         this.toolCalls.push(toolCall);
       },
     });
+    chat.seen = seen;
     this.chats.push(chat);
     return chat;
   }
@@ -219,6 +245,68 @@ async function validateHistory(run, chat) {
   } catch (error) {
     throw new ScenarioFailure(`the chat history is not valid UIMessages for ${run.version}: ${describeError(error)}`);
   }
+}
+
+/** GET a REST route of the server (JSON), with the client's credentials. */
+async function getJson(path) {
+  const response = await fetch(`${BASE_URL}/api/v1${path}`, {
+    headers: AUTH_TOKEN ? { Authorization: `Bearer ${AUTH_TOKEN}` } : {},
+  });
+  expect(response.ok, `GET ${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+/**
+ * POST /chat with a plain `fetch`, the way a frontend sends a message outside `useChat`
+ * (`{id, message, on_conflict}`), and read its SSE to the end. Recorded and audited like the
+ * chats' requests.
+ */
+async function postPlain(run, body) {
+  const sending = recordingFetch(run.sdk, run.exchanges)(API, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(AUTH_TOKEN ? { Authorization: `Bearer ${AUTH_TOKEN}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  const exchange = run.exchanges.at(-1); // recorded as the request goes out
+  await (await sending).text();
+  await exchange.done;
+  return exchange;
+}
+
+/** The transient `data-status` chunks of a stream, before its turn (if any). */
+function statusesOf(exchange) {
+  return (exchange.chunks ?? []).filter((c) => c.type === 'data-status');
+}
+
+/**
+ * Check the wait of a message sent during a turn: its stream opens with transient
+ * `data-status` chunks about it (`waiting`: queued or steering, with a position), without
+ * `id:` lines, and has none after its turn's `start`. Returns those status chunks.
+ */
+function checkWait(exchange, name, { messageId, waiting }) {
+  const { chunks } = exchange;
+  const startAt = chunks.findIndex((c) => c.type === 'start');
+  const before = startAt === -1 ? chunks : chunks.slice(0, startAt);
+  expect(before.length > 0 && before.every((c) => c.type === 'data-status' && c.transient === true),
+    `${name}: expected transient data-status chunks first, got ${JSON.stringify(before.slice(0, 3))}`);
+  expect(startAt === -1 || !chunks.slice(startAt).some((c) => c.type === 'data-status'),
+    `${name}: a data-status chunk after start`);
+  for (const c of before) {
+    expect(c.data?.messageId === messageId, `${name}: data-status about message ${c.data?.messageId}, sent ${messageId}`);
+  }
+  const first = before[0].data;
+  expect(first.status === waiting && Number.isInteger(first.position) && first.position >= 1,
+    `${name}: the first status is ${JSON.stringify(first)}, expected ${waiting} with a position`);
+  const ids = exchange.ids.slice(0, before.length);
+  expect(ids.every((id) => id === undefined), `${name}: a transient status has an id: line (${ids})`);
+  if (startAt !== -1) {
+    expect(exchange.ids[startAt] === '0', `${name}: its turn's ids start at ${exchange.ids[startAt]}, not 0`);
+  }
+  return before;
+}
+
+function partsOf(message) {
+  return message.parts.filter((p) => p.type !== 'step-start').map((p) => p.type);
 }
 
 const scenarios = {
@@ -346,6 +434,144 @@ const scenarios = {
     await resumeIdle(run, other, finished);
     await sendOk(run, other, DIRECTIVES.followUp);
     await validateHistory(run, other);
+  },
+
+  async queued(run) {
+    // useChat sends only once its stream is done, so a message typed during a turn goes out
+    // through a second Chat on the same chat id, with on_conflict "enqueue" in the body, and
+    // through a plain fetch. Each POST is answered 200 at once: transient data-status
+    // "queued" (position 1, then 2 for the fetch, counting down), then its own turn.
+    const chat = run.chat();
+    const sending = chat.sendMessage({ text: DIRECTIVES.slow });
+    await waitFor(() => chat.messages.at(-1)?.role === 'assistant' && textOf(chat.messages.at(-1)).length > 0,
+      `the reply to ${DIRECTIVES.slow} never showed text (${answerOf(run.lastExchange('POST'))})`);
+    const second = run.chat({ id: chat.id, transport: { body: { on_conflict: 'enqueue' } } });
+    const queuing = second.sendMessage({ text: DIRECTIVES.queuedChat });
+    await waitFor(() => second.seen.data.some((d) => d.type === 'data-status'),
+      `the second chat got no data-status (${answerOf(run.exchanges.at(-1))})`);
+    expect(second.status === 'submitted', `the queued chat's status is ${second.status} while it waits (expected submitted)`);
+    const plain = await postPlain(run, { id: chat.id, message: DIRECTIVES.queuedFetch, on_conflict: 'enqueue' });
+    await sending;
+    await queuing;
+    await run.settle();
+    const [first, queued] = run.exchanges.filter((x) => x.method === 'POST');
+    expect(first.status === 200 && queued.status === 200 && plain.status === 200,
+      `POST /chat: ${[first, queued, plain].map(answerOf).join(' | ')}`);
+    const unexpected = run.unexpectedChatErrors();
+    expect(unexpected.length === 0, `chat error: ${unexpected.map(describeError).join('; ')}`);
+    expect(!first.chunks.some((c) => c.type === 'data-status'), 'the first message (session idle) was queued');
+    expect(chat.status === 'ready' && textOf(chat.messages.at(-1)).split(/\s+/).filter(Boolean).length === 60,
+      `the first chat's turn did not complete: ${chat.status}, ${JSON.stringify(textOf(chat.messages.at(-1)))}`);
+
+    // The second chat: the SDK takes the statuses before `start` (onData gets them, no part,
+    // status stays "submitted"), then builds the reply of its own turn.
+    const user = second.messages[0];
+    const waited = checkWait(queued, 'second chat', { messageId: user.id, waiting: 'queued' });
+    expect(waited[0].data.position === 1, `the second chat's position is ${waited[0].data.position}, expected 1`);
+    const seenStatuses = second.seen.data.filter((d) => d.type === 'data-status');
+    expect(isDeepStrictEqual(seenStatuses, waited), `onData got ${JSON.stringify(seenStatuses)}, the wire ${JSON.stringify(waited)}`);
+    expect(second.status === 'ready' && second.error === undefined,
+      `the queued chat ended ${second.status} (${describeError(second.error)})`);
+    expect(isDeepStrictEqual(second.seen.statuses, ['submitted', 'streaming', 'ready']),
+      `the queued chat went through ${second.seen.statuses.join(' -> ')}`);
+    expect(second.messages.length === 2, `the queued chat has ${second.messages.length} messages, expected its user message and the reply`);
+    const reply = second.messages[1];
+    const start = queued.chunks.find((c) => c.type === 'start');
+    expect(reply.role === 'assistant' && reply.id === start?.messageId, `the queued reply ${reply.id} is not start.messageId ${start?.messageId}`);
+    expect(!reply.parts.some((p) => p.type === 'data-status'), 'a transient data-status became a part of the reply');
+    expect(textOf(reply) === QUEUED_CHAT_TEXT, `the queued reply is ${JSON.stringify(textOf(reply))}`);
+    expect(isDeepStrictEqual(stripUndefined(queued.assembled), stripUndefined(reply)),
+      'readUIMessageStream and AbstractChat assembled different messages');
+    expect(second.seen.finished.length === 1 && !second.seen.finished[0].isError && second.seen.finished[0].message.id === reply.id,
+      `onFinish of the queued chat: ${JSON.stringify(second.seen.finished.map((f) => [f.message.id, f.isError]))}`);
+
+    // The plain fetch waited behind the second chat: position 2, then 1, then its turn.
+    const plainWait = checkWait(plain, 'plain fetch', { messageId: statusesOf(plain)[0]?.data?.messageId, waiting: 'queued' });
+    const positions = plainWait.map((c) => c.data.position);
+    expect(positions[0] === 2 && positions.at(-1) === 1 && positions.every((p, i) => i === 0 || p < positions[i - 1]),
+      `the plain fetch's positions were ${positions.join(', ')} (expected 2, counting down to 1)`);
+    expect(textOf(plain.assembled ?? { parts: [] }) === QUEUED_FETCH_TEXT,
+      `the plain fetch's reply is ${JSON.stringify(textOf(plain.assembled ?? { parts: [] }))}`);
+
+    // The server's history: three turns, in the order the messages were sent.
+    const { messages } = await getJson(`/sessions/${encodeURIComponent(chat.id)}/messages`);
+    expect(isDeepStrictEqual(messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']),
+      `the history holds ${messages.map((m) => m.role).join(', ')}`);
+    expect(messages[2].id === user.id && messages[3].id === reply.id && messages[4].id === plainWait[0].data.messageId
+      && textOf(messages[5]) === QUEUED_FETCH_TEXT, 'the history does not hold the queued messages and replies in order');
+  },
+
+  async steered(run) {
+    // A message sent with on_conflict "steer" while a tool runs joins the running turn at its
+    // next model call: its own stream says steering, then steered, and ends (no start, no
+    // finish); the running turn's stream shows it as a data-steer part after the tool's.
+    const chat = run.chat();
+    const sending = chat.sendMessage({ text: DIRECTIVES.slowTool });
+    await waitFor(() => chat.messages.at(-1)?.role === 'assistant' && textOf(chat.messages.at(-1)).length > 0,
+      `the reply to the slow tool message never showed text (${answerOf(run.lastExchange('POST'))})`);
+    const steering = run.chat({
+      id: chat.id,
+      transport: {
+        prepareSendMessagesRequest: ({ id, messages }) => ({ body: { id, messages: messages.slice(-1), on_conflict: 'steer' } }),
+      },
+    });
+    await steering.sendMessage({ text: DIRECTIVES.steer });
+    await sending;
+    await run.settle();
+    const [first, steer] = run.exchanges.filter((x) => x.method === 'POST');
+    expect(first.status === 200 && steer.status === 200, `POST /chat: ${answerOf(first)} | ${answerOf(steer)}`);
+    const unexpected = run.unexpectedChatErrors();
+    expect(unexpected.length === 0, `chat error: ${unexpected.map(describeError).join('; ')}`);
+
+    // The steering chat: its stream is statuses only, and the SDK ends it quietly: status back
+    // to ready, no error, no assistant message; onFinish still gets an empty assistant message
+    // (the one it would have built), which is not in `messages`.
+    const user = steering.messages[0];
+    const waited = checkWait(steer, 'steering chat', { messageId: user.id, waiting: 'steering' });
+    expect(waited.length === steer.chunks.length, `the steer got a turn of its own: ${traceExchange(steer)}`);
+    const last = waited.at(-1).data;
+    expect(last.status === 'steered' && typeof last.turnId === 'string',
+      `the steer's last status is ${JSON.stringify(last)} (expected steered with a turnId)`);
+    const seenStatuses = steering.seen.data.filter((d) => d.type === 'data-status');
+    expect(isDeepStrictEqual(seenStatuses, waited), `onData got ${JSON.stringify(seenStatuses)}, the wire ${JSON.stringify(waited)}`);
+    expect(steering.status === 'ready' && steering.error === undefined,
+      `the steering chat ended ${steering.status} (${describeError(steering.error)})`);
+    expect(isDeepStrictEqual(steering.seen.statuses, ['submitted', 'ready']),
+      `the steering chat went through ${steering.seen.statuses.join(' -> ')}`);
+    expect(isDeepStrictEqual(steering.messages.map((m) => m.role), ['user']),
+      `the steering chat holds ${steering.messages.map((m) => `${m.role} [${partsOf(m)}]`).join(', ')}`);
+    expect(steer.assembled === undefined, 'readUIMessageStream built a message from a stream without a turn');
+    const [finished] = steering.seen.finished;
+    expect(steering.seen.finished.length === 1 && !finished.isError && !finished.isAbort
+      && finished.message.role === 'assistant' && finished.message.parts.length === 0
+      && !finished.messages.some((m) => m.id === finished.message.id),
+    `onFinish of the steering chat: ${JSON.stringify(steering.seen.finished)}`);
+
+    // The running chat: tool part, then the data-steer part, then the text after the tool.
+    expect(chat.status === 'ready', `the running chat ended ${chat.status} (${describeError(chat.error)})`);
+    const reply = chat.messages.at(-1);
+    const kinds = partsOf(reply);
+    const toolAt = reply.parts.findIndex((p) => /calculate/.test(p.type === 'dynamic-tool' ? p.toolName : p.type));
+    const steerAt = reply.parts.findIndex((p) => p.type === 'data-steer');
+    const textAfter = reply.parts.findLastIndex((p) => p.type === 'text' && p.text.length > 0);
+    expect(toolAt !== -1 && toolAt < steerAt && steerAt < textAfter,
+      `expected the tool part, the data-steer part, then text; parts: ${kinds.join(', ')}`);
+    expect(isDeepStrictEqual(stripUndefined(reply.parts[steerAt]),
+      { type: 'data-steer', id: user.id, data: { messageId: user.id, text: DIRECTIVES.steer } }),
+    `the data-steer part is ${JSON.stringify(reply.parts[steerAt])}`);
+    expect(textOf(reply).includes('Tool result:'), `no text after the tool's result: ${JSON.stringify(textOf(reply))}`);
+    const steerChunk = first.chunks.findIndex((c) => c.type === 'data-steer');
+    expect(first.ids[steerChunk] !== undefined && first.chunks[steerChunk].transient === undefined,
+      'the data-steer chunk is transient or has no id: line (it must be replayed on resume)');
+    const { turns } = await getJson(`/sessions/${encodeURIComponent(chat.id)}/turns`);
+    expect(turns.length === 1 && String(turns[0].id) === last.turnId,
+      `steered into turn ${last.turnId}; the session's turns: ${JSON.stringify(turns.map((t) => t.id))}`);
+    const { messages } = await getJson(`/sessions/${encodeURIComponent(chat.id)}/messages`);
+    expect(isDeepStrictEqual(messages.map((m) => m.role), ['user', 'assistant']), `the history holds ${messages.map((m) => m.role).join(', ')}`);
+    const stored = messages[1].parts.filter((p) => p.type === 'data-steer');
+    expect(stored.length === 1 && isDeepStrictEqual(stored[0], stripUndefined(reply.parts[steerAt])),
+      `the stored reply's data-steer parts: ${JSON.stringify(stored)}`);
+    await validateHistory(run, chat);
   },
 };
 

@@ -34,11 +34,16 @@ const call = (id, flags = {}) => [
   { type: 'tool-output-available', toolCallId: id, output: { iso: 'now' }, ...flags },
 ];
 
+/** A transient data-status event of a waiting message, without an `id:` line (as the server sends it). */
+const status = (name, position) => `data: ${JSON.stringify({ type: 'data-status', data: { status: name, messageId: 'u2', ...(position ? { position } : {}) }, transient: true })}\n\n`;
+
 const OK = { ai5: 'ok', ai6: 'ok', ai7: 'ok' };
 const ALL = (outcome) => ({ ai5: outcome, ai6: outcome, ai7: outcome });
 
 // Each case: the stream, and the expected outcome per version: "ok", "error-chunk" (only the
-// server's error chunk surfaced) or the name of the error the SDK rejects the stream with.
+// server's error chunk surfaced) or the name of the error the SDK rejects the stream with;
+// `message`, if given, must hold for the last message readUIMessageStream built (undefined:
+// none).
 const CASES = [
   {
     name: 'every chunk of the cross-version set',
@@ -110,6 +115,39 @@ const CASES = [
   },
   { name: 'tool output without its input', body: sse([start, ...step({ type: 'tool-output-available', toolCallId: 'zz', output: 1 }), finish]), expect: { ai5: 'Error', ai6: 'AI_UIMessageStreamError', ai7: 'AI_UIMessageStreamError' } },
   { name: 'tool-input-available without tool-input-start', body: sse([start, ...step(call('c')[2], call('c')[3]), finish]), expect: OK },
+  // Double-texting (PROTOCOL.md section 7): the statuses of a message's wait are transient and
+  // carry no `id:`; a steered (or cancelled) message's stream has no turn at all.
+  {
+    name: 'queued: id-less transient statuses, then the turn',
+    body: `${status('queued', 2)}: ping\n\n${status('queued', 1)}${sse([start, ...step(...text()), finish])}`,
+    expect: OK,
+    message: (m) => m?.parts.every((p) => p.type !== 'data-status'),
+  },
+  {
+    name: 'steered: transient statuses only, no start',
+    body: `${status('steering', 1)}${status('steered')}data: [DONE]\n\n`,
+    expect: OK,
+    message: (m) => m === undefined,
+  },
+  {
+    name: 'cancelled: transient statuses only, no start',
+    body: `${status('queued', 1)}${status('cancelled')}data: [DONE]\n\n`,
+    expect: OK,
+    message: (m) => m === undefined,
+  },
+  {
+    name: 'data-steer (with id) between two steps',
+    body: sse([start, ...step(...call('c', { providerExecuted: true })), { type: 'data-steer', id: 'u2', data: { messageId: 'u2', text: 'no' } }, ...step(...text()), finish]),
+    expect: OK,
+    message: (m) => m?.parts.filter((p) => p.type !== 'step-start').map((p) => p.type).join() === 'tool-get_current_time,data-steer,text',
+  },
+  {
+    name: 'data-steer between a tool\'s input and output',
+    body: sse([start, ...step(...call('c', { providerExecuted: true }).slice(0, 3), { type: 'data-steer', id: 'u2', data: { messageId: 'u2', text: 'no' } }, call('c', { providerExecuted: true })[3]), ...step(...text()), finish]),
+    expect: OK,
+    message: (m) => m?.parts.filter((p) => p.type !== 'step-start').map((p) => p.type).join() === 'tool-get_current_time,data-steer,text'
+      && m.parts[1].state === 'output-available',
+  },
   { name: 'second start with another messageId', body: sse([start, ...step(...text('a')), { type: 'start', messageId: 'msg_2' }, ...step(...text('b')), finish]), expect: OK },
 ];
 
@@ -137,7 +175,8 @@ for (const testCase of CASES) {
   for (const version of VERSIONS) {
     const { outcome, detail, message } = await probe(sdks[version], testCase.body);
     const expected = testCase.expect[version];
-    const mark = outcome === expected ? '' : ` (expected ${expected})`;
+    let mark = outcome === expected ? '' : ` (expected ${expected})`;
+    if (!mark && testCase.message && !testCase.message(message)) mark = ` (message: ${JSON.stringify(message?.parts ?? null)})`;
     if (mark) mismatches += 1;
     cells.push(`${outcome}${mark}`.padEnd(26));
     if (VERBOSE) console.log(`  ${version}: ${detail || JSON.stringify(message)}`);

@@ -17,6 +17,8 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const VERSIONS = ['ai5', 'ai6', 'ai7'];
+// The stub has no queue: its cases run every scenario but those of double-texting.
+const STUB_SCENARIOS = 'text,tool,error,regenerate,resume,resume-live';
 
 // Each case: stub flags, client env, and the expected outcome per "<version> <scenario>"
 // (default: every pair passes). An expected failure names a substring of its reason.
@@ -162,7 +164,7 @@ async function runCase(testCase) {
   stub.stderr.on('data', (d) => { stubErr += d; });
   try {
     await waitForPort(port, 20000);
-    const env = { BASE_URL: `http://127.0.0.1:${port}`, DEBUG: '0', ...testCase.env };
+    const env = { BASE_URL: `http://127.0.0.1:${port}`, DEBUG: '0', SCENARIO: STUB_SCENARIOS, ...testCase.env };
     const { code, out } = await run(process.execPath, [path.join(here, 'chat-client.mjs')], env);
     const problems = [];
     const lines = out.split('\n');

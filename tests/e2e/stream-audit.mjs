@@ -148,9 +148,26 @@ export function checkSequence(chunks) {
         break;
     }
   });
+  if (starts === 0 && isTurnless(chunks)) return problems;
   if (starts === 0) problems.push('no "start" chunk');
   if (finishedAt === -1) problems.push('no "finish" chunk (a turn always ends with finish)');
   return problems;
+}
+
+/** A transient `data-*` chunk: a status of the wait (queued, steering), no part of any turn. */
+export function isTransientData(chunk) {
+  return typeof chunk?.type === 'string' && chunk.type.startsWith('data-') && chunk.transient === true;
+}
+
+/**
+ * The stream of a message that got no turn of its own (double-texting: it steered the running
+ * turn, or was cancelled while queued): transient `data-*` chunks only, the last a
+ * `data-status` "steered" or "cancelled". It has no start and no finish, and needs none.
+ */
+export function isTurnless(chunks) {
+  const last = chunks.at(-1);
+  return chunks.length > 0 && chunks.every(isTransientData) && last.type === 'data-status'
+    && ['steered', 'cancelled'].includes(last.data?.status);
 }
 
 /** Audit the raw SSE text of one response: framing, ids, [DONE], each chunk's shape, order. */
@@ -174,7 +191,11 @@ export function auditWire(text) {
       problems.push(`event #${i} is not JSON: ${raw.slice(0, 120)}`);
       return;
     }
-    if (event.id === undefined) problems.push(`event #${i} (${chunk?.type}) has no "id:" line`);
+    // A transient status (queued, steering) is no chunk of the turn: it has no place to
+    // resume from, so no `id:` (the server sends it without one).
+    if (event.id === undefined) {
+      if (!isTransientData(chunk)) problems.push(`event #${i} (${chunk?.type}) has no "id:" line`);
+    }
     else if (!/^\d+$/.test(event.id)) problems.push(`event #${i} id "${event.id}" is not a sequence number`);
     else {
       const seq = Number(event.id);
