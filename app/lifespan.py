@@ -184,7 +184,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             services.observers.append(TracingObserver(state.tracer))
         titles = None
         if settings.turns.title_generation:
-            titles = TitleWriter(client, settings.anthropic.title_model, state.sessions)
+            titles = TitleWriter(client, settings.anthropic.title_model, state.turn_rows)
             stack.push_async_callback(titles.close)
         maintenance = TurnMaintenance(registry, state.turn_rows, state.redis, settings.turns)
         maintenance.start()

@@ -173,14 +173,6 @@ class SessionRepository:
         await self.get(user_id, session_id)
         await self.db.execute(delete(ChatSession).where(ChatSession.id == session_id))
 
-    async def set_title_if_empty(self, session_id: str, title: str) -> None:
-        """Set a generated title unless the user named the session meanwhile."""
-        await self.db.execute(
-            update(ChatSession)
-            .where(ChatSession.id == session_id, ChatSession.title.is_(None))
-            .values(title=title)
-        )
-
     async def set_active_turn(self, session_id: str, turn_id: uuid.UUID | None) -> bool:
         """Point the session at its running turn (or clear it); False if another turn holds it."""
         stmt = update(ChatSession).where(ChatSession.id == session_id)

@@ -127,6 +127,9 @@ class TurnRunner:
         self._started = False
         self._final_write: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
+        # Set at the first visible output, or at the end: work that must not compete with
+        # the reply's first token (the session's title) waits for it.
+        self.shown = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._last_flush_at = self._lease_refreshed_at = self._loop.time()
 
@@ -135,6 +138,7 @@ class TurnRunner:
     def _emit(self, chunk: dict[str, Any]) -> None:
         if self.first_visible_at is None and self.adapter.visible:
             self.first_visible_at = datetime.now(UTC)
+            self.shown.set()
         encoded = frame(len(self.buffer), chunk)
         if not chunk.get("transient"):
             self.reply.apply(chunk)
@@ -475,6 +479,7 @@ class TurnRunner:
         if self.lease is not None:
             await self.lease.release_or_retry()
         self._released.set()
+        self.shown.set()
         self._end_streams()
         if log.isEnabledFor(logging.DEBUG):
             reply = UserText(parts_text(self.reply.parts()))

@@ -371,5 +371,5 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
     ctx.registry.add(runner)
     runner.start()
     if started.first and ctx.titles is not None:
-        ctx.titles.schedule(order.session_id, started.history[-1])
+        ctx.titles.schedule(order.session_id, started.history[-1], after=runner.shown)
     return runner

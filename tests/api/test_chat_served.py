@@ -443,6 +443,20 @@ def test_a_title_is_generated_after_the_first_message(http: httpx.Client) -> Non
     assert "Lisbon" in title
 
 
+def test_the_title_is_asked_for_only_once_the_first_turn_has_shown_something(
+    http: httpx.Client, fake: FakeUpstreamHandle
+) -> None:
+    # A title request at the turn's start competed with the first token of every new chat
+    # of a burst: it waits for the turn's first visible output now.
+    sid = new_session()
+    chat(http, sid, "a trip to Porto [[fake:text tokens=5 rate=50 delay=1]]")
+    wait_until(lambda: http.get(f"/api/v1/sessions/{sid}").json()["title"], 10)
+    calls = [r for r in fake.requests("/v1/messages") if "Porto" in str(r["json"]["messages"])]
+    [turn] = [r for r in calls if "You name conversations" not in str(r["json"].get("system"))]
+    [title] = [r for r in calls if "You name conversations" in str(r["json"].get("system"))]
+    assert title["time"] >= turn["time"] + 1.0  # after the reply's delayed first token
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
