@@ -366,3 +366,36 @@ def test_a_message_queued_on_an_idle_session_runs_at_once(replicas: tuple[Served
     started = time.monotonic()
     assert _post(a, sid, "again", "enqueue").status == 200
     assert time.monotonic() - started < 5
+
+
+def test_past_the_queues_bound_a_message_is_refused_with_429_and_nothing_stored(
+    fake: FakeUpstreamHandle, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = {**_env(fake, database_url, redis_url, "small"), "COPILOT_MAX_QUEUED": "1"}
+    sid = f"full-{uuid.uuid4().hex[:8]}"
+    with serve(env, tmp_path) as small:
+        running = threading.Thread(
+            target=_safe_post, args=(small, sid, "[[fake:text tokens=100 rate=40]]", None)
+        )
+        running.start()
+        with small.client() as http:
+            wait_until(
+                lambda: http.get(f"/api/v1/sessions/{sid}").json().get("status") == "running"
+            )
+        waiting = threading.Thread(target=_safe_post, args=(small, sid, "second", "enqueue"))
+        waiting.start()
+        wait_until(lambda: _waiting(database_url, sid) == 1)
+        with small.client() as http:
+            refused = http.post(
+                "/api/v1/chat", json={"id": sid, "message": "third", "on_conflict": "enqueue"}
+            )
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "queue_full"
+            assert refused.headers["retry-after"] == "5"
+            http.post(f"/api/v1/chat/{sid}/stop")
+        running.join(30)
+        waiting.join(30)
+        _settled(small, sid)
+        texts = [_text(m) for m in _history(small, sid) if m["role"] == "user"]
+        assert "third" not in texts
+        assert "second" in texts
