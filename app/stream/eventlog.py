@@ -181,6 +181,11 @@ def renumbered(raw: bytes, seq: int) -> bytes:
     return b"id: %d\n" % seq + raw[raw.index(b"\n") + 1 :]
 
 
+def _seq(raw: bytes) -> int:
+    seq = frame_seq(raw)
+    return -1 if seq is None else seq
+
+
 class _After:
     """Picks the frames a reader lacks from a log's entries, in order: those numbered after
     `after_seq`, and a closing entry's whole, numbered on from what the reader has."""
@@ -193,9 +198,9 @@ class _After:
         if FIELD_CLOSING in fields:
             out = [renumbered(f, self.last + 1 + i) for i, f in enumerate(frames)]
         else:
-            out = [f for f in frames if (frame_seq(f) or -1) > self.last]
+            out = [f for f in frames if _seq(f) > self.last]
         if out:
-            self.last = frame_seq(out[-1]) or self.last
+            self.last = _seq(out[-1])
         return out
 
 

@@ -52,6 +52,11 @@ def test_a_reader_ahead_of_the_log_gets_the_closing_entry_whole_numbered_after_i
     assert [orjson.loads(f.split(b"data: ", 1)[1])["delta"] for f in closing] == ["4", "5"]
 
 
+def test_a_reader_from_the_start_gets_frame_zero() -> None:
+    entries = [{b"d": _frames(0, 1)}, {b"d": _frames(2), b"e": b"1", b"c": b"1"}]
+    assert [frame_seq(f) for f in frames_after(entries, -1)] == [0, 1, 2]
+
+
 def test_an_ordinary_last_entry_is_filtered_by_number() -> None:
     entries = [{b"d": _frames(0, 1, 2, 3), b"e": b"1"}]
     assert frames_after(entries, 5) == []
