@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -124,6 +123,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
     from app.observability import metrics
     from app.store.queue import MessageQueue
     from app.stream.eventlog import EventLogWriter
+    from app.turns.admission import AdaptiveGate
     from app.turns.maintenance import TurnMaintenance
     from app.turns.queueing import after_turn, kick_soon
     from app.turns.reaper import Reaper
@@ -214,7 +214,7 @@ async def _turn_machinery(state: AppState) -> AsyncIterator[TurnContext]:
             registry=registry,
             replica_id=replica,
             titles=titles,
-            starts=asyncio.Semaphore(settings.turns.start_concurrency),
+            starts=AdaptiveGate(settings.turns.start_concurrency),
             stops=stops,
             stopper=TurnStopper(
                 state.redis,

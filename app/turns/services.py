@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.coord.redis import Keys
 from app.store.queue import MessageQueue
+from app.turns.admission import AdaptiveGate
 from app.turns.reaper import Reaper
 from app.turns.registry import TurnRegistry
 from app.turns.runner import TurnServices
@@ -26,10 +26,10 @@ class TurnContext:
     registry: TurnRegistry
     replica_id: str
     titles: TitleWriter | None
-    # Admission of new turns (COPILOT_START_CONCURRENCY): under a burst the replica finishes
-    # the starts it took on (lease, first rows) before taking on more, instead of
-    # interleaving every start on the one event loop; see ARCHITECTURE.md.
-    starts: asyncio.Semaphore
+    # Admission of new turns (`app.turns.admission`, at most COPILOT_START_CONCURRENCY): under
+    # a burst the replica finishes the starts it took on (lease, first rows) before taking on
+    # more, instead of interleaving every start on the one event loop; see ARCHITECTURE.md.
+    starts: AdaptiveGate
     stops: StopListener
     stopper: TurnStopper
     redis: Redis | RedisCluster

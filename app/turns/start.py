@@ -27,6 +27,7 @@ from app.store.models import ChatMessage
 from app.store.queue import MARK_STARTED, Queued
 from app.store.sessions import SessionRepository, session_not_found
 from app.store.turns import TurnRepository
+from app.turns.admission import Admission
 from app.turns.runner import TurnRunner
 from app.turns.services import TurnContext
 
@@ -75,26 +76,6 @@ def session_busy(session_id: str, queued: bool = False) -> Conflict:
         "'interrupt'",
         code="turn_in_progress",
     )
-
-
-class Admission:
-    """A place among the turns starting on this replica (`TurnContext.starts`), given back
-    once: when the turn's task starts, or when the start fails."""
-
-    def __init__(self, gate: asyncio.Semaphore) -> None:
-        self._gate = gate
-        self._held = False
-
-    async def take(self) -> None:
-        """Wait for a place."""
-        await self._gate.acquire()
-        self._held = True
-
-    def give_back(self) -> None:
-        """Free the place (again: nothing)."""
-        if self._held:
-            self._held = False
-            self._gate.release()
 
 
 async def _take_slot(ctx: TurnContext, order: TurnOrder, turn_id: uuid.UUID) -> UserSlot | None:
@@ -317,7 +298,8 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
 
     The common case (a new message) is one statement; anything else takes the general path.
     The EventLog is opened before the turn becomes visible, so a resume never misses it.
-    At most `COPILOT_START_CONCURRENCY` turns are between here and their task's first step.
+    At most as many turns as the start gate admits (`app.turns.admission`) are between here
+    and their task's first step.
     """
     turn_id = uuid.uuid4()
     assistant_id = f"msg-{uuid.uuid4().hex}"
@@ -364,7 +346,7 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
         events_key=events_key,
         lease=lease,
         slot=slot,
-        on_started=admission.give_back,
+        on_started=admission.started,
         trigger=order.trigger,
         on_conflict=order.on_conflict or "reject",
     )

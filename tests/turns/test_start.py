@@ -68,25 +68,26 @@ async def test_a_turn_stopped_before_its_task_ran_still_ends_stored_and_frees_it
 async def test_a_burst_of_starts_fills_every_start_place_and_gives_each_back(
     app: FastAPI,
 ) -> None:
-    state, ctx = _state(app)
-    limit = state.settings.turns.start_concurrency
+    _, ctx = _state(app)
     gate = ctx.starts
-    lowest = limit
+    most = 0
     watching = True
 
     async def watch() -> None:
-        nonlocal lowest
+        nonlocal most
         while watching:
-            lowest = min(lowest, gate._value)  # places left; never below zero
+            assert gate.in_flight <= gate.limit <= gate.ceiling
+            most = max(most, gate.in_flight)
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
     runners = await asyncio.gather(
-        *(begin_turn(ctx, _order(f"s-{uuid.uuid4().hex}")) for _ in range(limit * 3))
+        *(begin_turn(ctx, _order(f"s-{uuid.uuid4().hex}")) for _ in range(gate.limit * 3))
     )
     watching = False
     await watcher
     await asyncio.wait_for(asyncio.gather(*(r.wait_persisted() for r in runners)), 30)
-    assert lowest == 0  # the burst filled every place
-    assert gate._value == limit  # and every place was given back
+    assert most >= gate.floor  # the burst filled the gate
+    assert gate.in_flight == 0  # and every place was given back
+    assert gate.waiting == 0
     assert all(r.outcome.status == "completed" for r in runners)
