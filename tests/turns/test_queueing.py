@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from app.devtools.fake_upstream import FakeUpstreamHandle
@@ -399,3 +401,42 @@ def test_past_the_queues_bound_a_message_is_refused_with_429_and_nothing_stored(
         texts = [_text(m) for m in _history(small, sid) if m["role"] == "user"]
         assert "third" not in texts
         assert "second" in texts
+
+
+def test_a_client_that_left_its_queued_post_resumes_it_like_any_turn(
+    replicas: tuple[Served, Served],
+) -> None:
+    a, b = replicas
+    sid = f"left-{uuid.uuid4().hex[:8]}"
+    running = threading.Thread(
+        target=_safe_post, args=(a, sid, "[[fake:text tokens=40 rate=40]]", None)
+    )
+    running.start()
+    with b.client() as http:
+        wait_until(lambda: http.get(f"/api/v1/sessions/{sid}").json().get("status") == "running")
+    body = orjson.dumps(
+        {
+            "id": sid,
+            "message": "[[fake:text tokens=60 rate=30]]",
+            "on_conflict": "enqueue",
+        }
+    )
+    host, port = b.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:  # sent, then gone
+        sock.sendall(
+            b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            + b"content-length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        assert b"200 OK" in sock.recv(4096)
+    running.join(30)
+
+    def resumed_answer() -> StreamResult | None:
+        with a.client() as http:
+            result = stream(http, "GET", f"/api/v1/chat/{sid}/stream")
+        if result.status == 200 and len(_own_turn(result).text.split()) == 60:
+            return result
+        return None
+
+    result = wait_until(resumed_answer, timeout=30, interval=0.2)
+    assert_well_formed(_own_turn(result))
