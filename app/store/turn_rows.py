@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.coord.batching import Coalescer
 from app.store.compactions import summary_message
 from app.store.usage import Usage
 
@@ -76,6 +77,60 @@ LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
 ORDER BY m.seq
 """
 )
+
+# `_START` for several new turns at once (of different sessions: each holds its session's
+# lease), sent when starts arrive while another start statement is in flight
+# (`TurnRows.start`). $1: the turns (JSON records); $2-$4: backend, model, replica; $5: the
+# history limit. Rows as `_START`'s, with the session id first.
+_START_MANY = """
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
+        session_id text, user_id text, turn_id uuid, user_message_id text, user_parts jsonb,
+        user_metadata jsonb, assistant_message_id text)
+), sess AS (
+    INSERT INTO chat_sessions AS s (id, user_id, last_seq, active_turn_id)
+    SELECT session_id, user_id, 2, turn_id FROM input
+    ON CONFLICT (id) DO UPDATE
+        SET last_seq = s.last_seq + 2, active_turn_id = EXCLUDED.active_turn_id,
+            updated_at = now()
+        WHERE s.user_id = EXCLUDED.user_id AND s.active_turn_id IS NULL
+            AND NOT EXISTS (SELECT 1 FROM queued_messages q
+                            WHERE q.session_id = s.id AND q.status = 'queued')
+    RETURNING s.id, s.last_seq, s.title
+), started AS (
+    SELECT input.*, sess.last_seq, sess.title FROM input JOIN sess ON sess.id = input.session_id
+), user_message AS (
+    INSERT INTO chat_messages (session_id, seq, message_id, role, parts, metadata, status, turn_id)
+    SELECT session_id, last_seq - 1, user_message_id, 'user', user_parts, user_metadata,
+           'complete', turn_id
+    FROM started
+), assistant_message AS (
+    INSERT INTO chat_messages (session_id, seq, message_id, role, parts, metadata, status, turn_id)
+    SELECT session_id, last_seq, assistant_message_id, 'assistant', '[]', '{}', 'streaming',
+           turn_id
+    FROM started
+), turn AS (
+    INSERT INTO turns (id, session_id, user_message_id, assistant_message_id, trigger, status,
+                       backend, model, replica_id)
+    SELECT turn_id, session_id, user_message_id, assistant_message_id, 'submit-message',
+           'running', $2, $3, $4
+    FROM started
+)
+SELECT started.session_id, started.title, started.last_seq, compaction.id AS compaction_id,
+       compaction.summary, m.message_id, m.role, m.parts, m.metadata, m.created_at
+FROM started
+LEFT JOIN LATERAL (
+    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
+    FROM context_compactions c
+    LEFT JOIN chat_messages t ON t.session_id = c.session_id
+        AND t.message_id = c.through_message_id
+    WHERE c.session_id = started.session_id ORDER BY c.id DESC LIMIT 1
+) AS compaction ON true
+LEFT JOIN chat_messages m ON m.session_id = started.session_id AND m.superseded_at IS NULL
+    AND m.seq > coalesce(compaction.through_seq, 0)
+    AND ($5::int IS NULL OR m.seq > started.last_seq - 2 - $5::int)
+ORDER BY started.session_id, m.seq
+"""
 
 # The history a turn is answered from, up to its user message (seq $2): the newest
 # compaction's summary, then the messages after it.
@@ -203,6 +258,23 @@ def is_transient(exc: BaseException) -> bool:
 
 
 @dataclass(slots=True)
+class StartOrder:
+    """A new turn's first rows, for the start statement."""
+
+    session_id: str
+    user_id: str
+    turn_id: uuid.UUID
+    user_message_id: str
+    user_parts: list[dict[str, Any]]
+    user_metadata: dict[str, Any]
+    assistant_message_id: str
+    backend: str
+    model: str
+    replica_id: str
+    history_limit: int | None = None
+
+
+@dataclass(slots=True)
 class StartedTurn:
     """What the start statement gives back: the session title, the history before the turn
     (its newest messages only, when a limit was asked for) and the turn's user message's
@@ -273,6 +345,7 @@ class TurnRows:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._warming: asyncio.Task[None] | None = None
+        self._starts = Coalescer(self._start_batch)
 
     def warm_up(self, size: int) -> None:
         """Open the pool's connections in the background (a burst of new turns would otherwise
@@ -318,41 +391,83 @@ class TurnRows:
         except TimeoutError:
             self.pool.terminate()
 
-    async def start(
-        self,
-        *,
-        session_id: str,
-        user_id: str,
-        turn_id: uuid.UUID,
-        user_message_id: str,
-        user_parts: list[dict[str, Any]],
-        user_metadata: dict[str, Any],
-        assistant_message_id: str,
-        backend: str,
-        model: str,
-        replica_id: str,
-        history_limit: int | None = None,
-    ) -> StartedTurn | None:
+    async def start(self, order: StartOrder) -> StartedTurn | None:
         """Create the session if new, store the user message, the empty reply and the turn.
 
         The history comes back whole (from the newest compaction on), or only its newest
         `history_limit` messages (`history` loads the rest when it is needed). None when the
-        common case does not apply; then nothing was written.
+        common case does not apply; then nothing was written. Starts that arrive while a
+        start statement is in flight go together in the next one (`_START_MANY`).
         """
+        return await self._starts(order)
+
+    async def _start_batch(
+        self, orders: list[StartOrder]
+    ) -> list[StartedTurn | None | BaseException]:
+        shared = {(o.backend, o.model, o.replica_id, o.history_limit) for o in orders}
+        sessions = {o.session_id for o in orders}
+        if len(orders) == 1 or len(shared) > 1 or len(sessions) < len(orders):
+            return await self._start_each(orders)
+        first = orders[0]
+        records = [
+            {
+                "session_id": o.session_id,
+                "user_id": o.user_id,
+                "turn_id": str(o.turn_id),
+                "user_message_id": o.user_message_id,
+                "user_parts": o.user_parts,
+                "user_metadata": o.user_metadata,
+                "assistant_message_id": o.assistant_message_id,
+            }
+            for o in orders
+        ]
+        try:
+            rows = await self.pool.fetch(
+                _START_MANY,
+                records,
+                first.backend,
+                first.model,
+                first.replica_id,
+                first.history_limit,
+            )
+        except asyncpg.UniqueViolationError:
+            # One of them is a retried POST: each on its own, so that only it is refused.
+            return await self._start_each(orders)
+        by_session: dict[str, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_session.setdefault(row["session_id"], []).append(row)
+        answers: list[StartedTurn | None | BaseException] = []
+        for o in orders:
+            mine = by_session.get(o.session_id)
+            answers.append(
+                StartedTurn(mine[0]["title"], _ui_history(mine), mine[0]["last_seq"] - 1)
+                if mine
+                else None
+            )
+        return answers
+
+    async def _start_each(
+        self, orders: list[StartOrder]
+    ) -> list[StartedTurn | None | BaseException]:
+        return list(
+            await asyncio.gather(*(self._start_one(o) for o in orders), return_exceptions=True)
+        )
+
+    async def _start_one(self, o: StartOrder) -> StartedTurn | None:
         try:
             rows = await self.pool.fetch(
                 _START,
-                session_id,
-                user_id,
-                turn_id,
-                user_message_id,
-                user_parts,
-                user_metadata,
-                assistant_message_id,
-                backend,
-                model,
-                replica_id,
-                history_limit,
+                o.session_id,
+                o.user_id,
+                o.turn_id,
+                o.user_message_id,
+                o.user_parts,
+                o.user_metadata,
+                o.assistant_message_id,
+                o.backend,
+                o.model,
+                o.replica_id,
+                o.history_limit,
             )
         except asyncpg.UniqueViolationError:
             return None  # the message id is taken: a retried POST

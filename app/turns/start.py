@@ -26,6 +26,7 @@ from app.store.messages import MessageRepository
 from app.store.models import ChatMessage
 from app.store.queue import MARK_STARTED, Queued
 from app.store.sessions import SessionRepository, session_not_found
+from app.store.turn_rows import StartOrder
 from app.store.turns import TurnRepository
 from app.turns.admission import Admission
 from app.turns.runner import TurnRunner
@@ -204,17 +205,19 @@ async def _start_rows(
     if order.trigger == "submit-message" and order.queued is None:
         message_id = order.user_message_id or f"user-{uuid.uuid4().hex}"
         started = await ctx.services.rows.start(
-            session_id=order.session_id,
-            user_id=order.user_id,
-            turn_id=turn_id,
-            user_message_id=message_id,
-            user_parts=order.user_parts,
-            user_metadata=order.user_metadata,
-            assistant_message_id=assistant_id,
-            backend=backend,
-            model=model,
-            replica_id=ctx.replica_id,
-            history_limit=limit,
+            StartOrder(
+                session_id=order.session_id,
+                user_id=order.user_id,
+                turn_id=turn_id,
+                user_message_id=message_id,
+                user_parts=order.user_parts,
+                user_metadata=order.user_metadata,
+                assistant_message_id=assistant_id,
+                backend=backend,
+                model=model,
+                replica_id=ctx.replica_id,
+                history_limit=limit,
+            )
         )
         if started is not None:
             history = [

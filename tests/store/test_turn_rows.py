@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
 
 from app.store.db import connect_args
-from app.store.turn_rows import TurnRows, is_transient
+from app.store.turn_rows import StartOrder, TurnRows, is_transient
 
 
 async def test_warmed_up_connections_hold_no_transaction_open(database_url: str) -> None:
@@ -57,3 +58,66 @@ def test_only_transient_database_errors_are_worth_trying_again(
     exc: BaseException, transient: bool
 ) -> None:
     assert is_transient(exc) is transient
+
+
+async def test_starts_arriving_together_share_statements_and_a_retried_one_is_refused_alone(
+    database_url: str,
+) -> None:
+    rows = await TurnRows.open(database_url, 4, connect_args(database_url))
+    try:
+
+        def order(i: int, message_id: str | None = None) -> StartOrder:
+            turn = uuid.uuid4()
+            return StartOrder(
+                session_id=f"batch-{turn.hex[:10]}",
+                user_id="alice",
+                turn_id=turn,
+                user_message_id=message_id or f"u-{turn.hex}",
+                user_parts=[{"type": "text", "text": f"hello {i}"}],
+                user_metadata={},
+                assistant_message_id=f"a-{turn.hex}",
+                backend="anthropic",
+                model="m",
+                replica_id="r",
+            )
+
+        # A session with history, answered within a batch like any other.
+        old = order(0)
+        first = await rows.start(old)
+        assert first is not None
+        await rows.pool.execute(
+            "UPDATE chat_sessions SET active_turn_id = NULL WHERE id = $1", old.session_id
+        )
+        again = order(1)
+        again.session_id = old.session_id
+        taken = order(2, message_id=old.user_message_id)  # a retried POST's message id
+        taken.session_id = f"batch-{uuid.uuid4().hex[:10]}"
+        await rows.pool.execute(
+            "INSERT INTO chat_sessions (id, user_id) VALUES ($1, 'alice')", taken.session_id
+        )
+        await rows.pool.execute(
+            "INSERT INTO chat_messages (session_id, seq, message_id, role, parts)"
+            " VALUES ($1, 1, $2, 'user', '[]')",
+            taken.session_id,
+            old.user_message_id,
+        )
+        orders = [order(i) for i in range(3, 20)] + [again, taken]
+        before = rows._starts.batches
+        started = await asyncio.gather(*(rows.start(o) for o in orders))
+        assert rows._starts.batches - before < len(orders)  # they shared statements
+        assert started[-1] is None  # only the retried one is refused
+        assert all(s is not None for s in started[:-1])
+        resumed = started[-2]
+        assert resumed is not None
+        assert [m["role"] for m in resumed.history] == ["user", "assistant"]
+        assert resumed.user_seq == 3
+        fresh = started[0]
+        assert fresh is not None
+        assert fresh.history == []
+        assert fresh.user_seq == 1
+        count = await rows.pool.fetchval(
+            "SELECT count(*) FROM turns WHERE id = ANY($1::uuid[])", [o.turn_id for o in orders]
+        )
+        assert count == len(orders) - 1
+    finally:
+        await rows.close()

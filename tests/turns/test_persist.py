@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.store.db import connect_args
-from app.store.turn_rows import TurnEnd, TurnRows
+from app.store.turn_rows import StartOrder, TurnEnd, TurnRows
 from app.store.usage import Usage
 from app.turns.persist import persist_final
 from tests.serving import assert_well_formed, serve, stream, upstream_env
@@ -30,17 +30,20 @@ async def rows(database_url: str) -> AsyncIterator[TurnRows]:
 async def _started(rows: TurnRows) -> TurnEnd:
     session_id, turn_id = f"persist-{uuid.uuid4().hex[:8]}", uuid.uuid4()
     started = await rows.start(
-        session_id=session_id,
-        user_id="alice",
-        turn_id=turn_id,
-        user_message_id=f"u-{turn_id}",
-        user_parts=[{"type": "text", "text": "hi"}],
-        user_metadata={},
-        assistant_message_id=f"a-{turn_id}",
-        backend="anthropic",
-        model="claude-sonnet-4-6",
-        replica_id="test",
+        StartOrder(
+            session_id=session_id,
+            user_id="alice",
+            turn_id=turn_id,
+            user_message_id=f"u-{turn_id}",
+            user_parts=[{"type": "text", "text": "hi"}],
+            user_metadata={},
+            assistant_message_id=f"a-{turn_id}",
+            backend="anthropic",
+            model="claude-sonnet-4-6",
+            replica_id="test",
+        )
     )
+
     assert started is not None
     now = datetime.now(UTC)
     return TurnEnd(

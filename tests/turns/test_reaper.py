@@ -22,7 +22,7 @@ from app.coord.redis import Keys
 from app.coord.replicas import ReplicaDirectory
 from app.devtools.fake_upstream import FakeUpstreamHandle
 from app.store.db import connect_args
-from app.store.turn_rows import TurnEnd, TurnRows
+from app.store.turn_rows import StartOrder, TurnEnd, TurnRows
 from app.store.usage import Usage
 from app.stream import chunks
 from app.stream.eventlog import EventLogWriter, log_frames
@@ -280,17 +280,20 @@ async def _orphan(rows: TurnRows, redis_: Redis, keys: Keys) -> tuple[str, uuid.
     await ReplicaDirectory(redis_, keys.prefix).announce("gone", {}, age_s=60)
     sid, turn_id = f"race-{uuid.uuid4().hex[:8]}", uuid.uuid4()
     started = await rows.start(
-        session_id=sid,
-        user_id="local",
-        turn_id=turn_id,
-        user_message_id=f"u-{turn_id.hex}",
-        user_parts=[{"type": "text", "text": "hi"}],
-        user_metadata={},
-        assistant_message_id=f"a-{turn_id.hex}",
-        backend="anthropic",
-        model="claude-test",
-        replica_id="gone",
+        StartOrder(
+            session_id=sid,
+            user_id="local",
+            turn_id=turn_id,
+            user_message_id=f"u-{turn_id.hex}",
+            user_parts=[{"type": "text", "text": "hi"}],
+            user_metadata={},
+            assistant_message_id=f"a-{turn_id.hex}",
+            backend="anthropic",
+            model="claude-test",
+            replica_id="gone",
+        )
     )
+
     assert started is not None
     lease = Lease(redis_, keys.session_lease(sid), 60_000)
     key = keys.turn_events(sid, str(turn_id))
