@@ -249,7 +249,12 @@ def main(argv: Sequence[str]) -> int:
             return client.turn(args.message)
         if args.session:
             client.interactive = True
-            client.resume(args.session)
+            try:
+                client.resume(args.session)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                terminal.note(f"[new session {args.session}]")  # its first message creates it
         return client.repl(sys.stdin)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

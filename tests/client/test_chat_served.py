@@ -340,6 +340,29 @@ def test_ctrl_c_stops_the_turn_and_a_second_one_quits(
     wait_until(lambda: all(t["status"] != "running" for t in turns(http, session)))
 
 
+def test_session_at_the_prompt_shows_the_history_or_starts_the_session(
+    served: Served, tmp_path: Path
+) -> None:
+    session = f"tc-{uuid.uuid4().hex[:10]}"
+    new = Terminal(["--url", served.base_url, "--session", session], AUTH, tmp_path)
+    try:
+        new.expect(rf"\[new session {session}\]")
+        new.expect(PROMPT)
+        new.send("remember me\r")
+        new.expect(r"\nEcho: remember me\n")
+        new.expect(PROMPT)
+        new.send("/exit\r")
+        assert new.wait() == 0
+    finally:
+        new.kill()
+    again = Terminal(["--url", served.base_url, "--session", session], AUTH, tmp_path)
+    try:
+        again.expect(r"you> remember me\nEcho: remember me\n")
+        again.expect(PROMPT)
+    finally:
+        again.kill()
+
+
 def test_ctrl_c_at_the_prompt_quits(terminal: Terminal) -> None:
     terminal.expect(PROMPT)
 
