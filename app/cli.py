@@ -1,4 +1,4 @@
-"""The `copilot` command: serve, migrate, token, fake-upstream."""
+"""The `copilot` command: serve, migrate, token, fake-upstream, chat."""
 
 from __future__ import annotations
 
@@ -211,6 +211,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     fake_cmd = commands.add_parser("fake-upstream", help="run the fake Anthropic Messages API")
     fake_cmd.add_argument("--host", default="127.0.0.1")
     fake_cmd.add_argument("--port", type=int, default=8090)
+    # Listed for --help; `main` hands `chat` to the client before the settings are read.
+    commands.add_parser("chat", help="a terminal client of a running server (chat --help)")
     return parser
 
 
@@ -226,13 +228,20 @@ def _configuration_problems(exc: ValidationError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `copilot` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["chat"]:
+        # The client talks HTTP to a server that may run anywhere: none of the server's
+        # settings (nor a broken one of them) concerns it.
+        from app.client.chat import main as chat
+
+        sys.exit(chat(args_list[1:]))
     try:
         settings = Settings()
     except ValidationError as exc:
         print(f"copilot: invalid configuration:\n{_configuration_problems(exc)}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings)
-    args = _parser(settings).parse_args(argv)
+    args = _parser(settings).parse_args(args_list)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     try:
         if args.command == "serve":
