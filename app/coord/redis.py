@@ -9,6 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import RedisSettings
 
@@ -17,6 +28,28 @@ from app.config import RedisSettings
 # longer block was taken for a dead connection and cut the resumed stream.
 READ_BLOCK_MAX_S = 2.0
 READ_MARGIN_S = 5.0
+
+
+# What a Redis call can raise when Redis, or the path to it, fails. redis-py's Cluster client
+# raises `RedisClusterException` (not a `RedisError`) when no node answers or a slot has no
+# master yet, as happens for a moment during a failover.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+# Replies of a node that is changing role or catching up: the same call succeeds a moment
+# later (on the node the client then finds). `UNBLOCKED`: a master turned into a replica (a
+# Cluster failover) ends the `XREAD BLOCK`s waiting on it with this error.
+_TRANSIENT_REPLIES = ("UNBLOCKED", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Redis failure is one a restart or a failover explains: worth trying again."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        return True
+    if isinstance(exc, (ClusterDownError, TryAgainError, RedisClusterException)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
 def create_redis(
