@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 
+import pytest
 from redis.asyncio import Redis
 
 from app.config import RedisSettings
 from app.coord.redis import READ_BLOCK_MAX_S, create_redis
-from app.stream.eventlog import read_log
+from app.stream.eventlog import EventLogGap, continuation, read_log
+from app.stream.sse import frame
 
 
 async def test_a_reader_blocks_less_long_than_its_clients_socket_timeout(redis_url: str) -> None:
@@ -30,3 +33,42 @@ async def test_a_reader_blocks_less_long_than_its_clients_socket_timeout(redis_u
     finally:
         await readers.delete(key)
         await readers.aclose()
+
+
+def _frames(*seqs: int) -> list[bytes]:
+    return [frame(seq, {"type": "text-delta", "id": "t", "delta": f"w{seq}"}) for seq in seqs]
+
+
+def test_the_continuation_of_a_log_skips_what_was_sent_and_what_is_stored_twice() -> None:
+    # An append retried after a failover may have been stored the first time too.
+    frames, last, hole = continuation(_frames(0, 1, 2, 1, 2, 3), 0)
+    assert frames == _frames(1, 2, 3)
+    assert (last, hole) == (3, False)
+
+
+def test_the_continuation_of_a_log_stops_at_a_hole() -> None:
+    # A failover can lose the last appends the old master acknowledged.
+    frames, last, hole = continuation(_frames(0, 1, 4, 5), -1)
+    assert frames == _frames(0, 1)
+    assert (last, hole) == (1, True)
+
+
+async def _read_into(got: list[bytes], log: AsyncIterator[bytes | None]) -> None:
+    async for data in log:
+        if data is not None:
+            got.append(data)
+
+
+async def test_a_reader_sends_each_frame_once_and_raises_at_a_hole(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    key = f"test-log-{uuid.uuid4().hex[:8]}"
+    for seqs in [(0, 1), (1, 2), (4,)]:
+        await client.xadd(key, {b"d": b"".join(_frames(*seqs))})
+    try:
+        got: list[bytes] = []
+        with pytest.raises(EventLogGap):
+            await _read_into(got, read_log(client, key, -1, block_ms=100))
+        assert b"".join(got) == b"".join(_frames(0, 1, 2))
+    finally:
+        await client.delete(key)
+        await client.aclose()
