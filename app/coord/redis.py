@@ -60,6 +60,12 @@ def create_redis(
     Commands share a small blocking pool: under a burst they wait for a connection instead of
     opening hundreds (redis-py's default pool fails past 100). `blocking_reads` gives the
     client of EventLog readers instead, whose `XREAD BLOCK` holds a connection per reader.
+
+    On a Cluster, redis-py keeps a pool per node, which fails rather than waits when full
+    (`max_connections` is per node), and retries a command that met a dead node at once,
+    without a pause: its retries are spent long before a replica is promoted. What must ride
+    out a failover retries by itself (the EventLog writer and readers, the stop listener, the
+    lease's release); a request that meets one gets 503 `dependency_unavailable`.
     """
     target = url or settings.url
     if not target:

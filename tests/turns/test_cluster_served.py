@@ -80,8 +80,8 @@ def cluster_replicas(
     redis_cluster: LocalCluster,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Served, Served]]:
-    """Two replicas on the cluster (also the place for the reaper's cluster test: kill one
-    mid-turn and let the other reap the orphan)."""
+    """Two replicas on the cluster. REAPER: its cluster test goes at the end of this module
+    (see the marked section there)."""
     env = cluster_env(fake, database_url, redis_cluster)
     with (
         serve(env, tmp_path_factory.mktemp("a")) as a,
@@ -345,8 +345,9 @@ def test_a_master_handing_over_mid_turn_loses_nothing_and_leaves_the_session_fre
 def test_a_master_killed_mid_turn_loses_nothing_stored_and_leaves_the_session_free(
     cluster_replicas: tuple[Served, Served], redis_cluster: LocalCluster
 ) -> None:
-    """SIGKILL the master of the session's slot (and of the stop listeners' subscription): its
-    replica takes over after the node timeout. The lease (10 s) outlives that."""
+    """SIGKILL the master of the session's slot (also the node the stop listeners subscribed
+    on, unless an earlier failover moved them): its replica takes over after the node timeout,
+    about 3 s. The lease (10 s) outlives that."""
     a, b = cluster_replicas
     killed: list[int] = []
 
@@ -394,3 +395,38 @@ def test_a_turn_whose_lease_expires_while_its_master_is_down_ends_retryable_and_
     finally:
         for port in killed:
             redis_cluster.restart(port)
+
+
+def test_a_message_sent_while_its_master_is_down_is_503_and_leaves_nothing_behind(
+    cluster_replicas: tuple[Served, Served], redis_cluster: LocalCluster, store: redis.RedisCluster
+) -> None:
+    """Between a master's death and its replica's promotion the session's lease cannot be
+    taken: `POST /chat` answers 503 (retryable), having stored nothing and given the user's
+    slot back; once the replica has taken over, the same message is accepted."""
+    a, _ = cluster_replicas
+    user, sid = _user(), f"clu-{uuid.uuid4().hex[:8]}"
+    body = {"id": sid, "message": SHORT}
+    old, new = redis_cluster.kill_master_of(KEYS.session_lease(sid))
+    try:
+        with client_of(a, user) as http:
+            refused = http.post("/api/v1/chat", json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "dependency_unavailable"
+            assert http.get(f"/api/v1/sessions/{sid}").status_code == 404
+            redis_cluster.wait_promoted(KEYS.session_lease(sid), new)
+            assert store.zrange(KEYS.user_turns(user), 0, -1) == []  # (maybe on that master)
+            accepted = stream(http, "POST", "/api/v1/chat", json=body)
+        assert_well_formed(accepted)
+        assert accepted.chunks[-1]["finishReason"] == "stop"
+    finally:
+        redis_cluster.restart(old)
+
+
+# -- REAPER (app/turns/reaper.py) on the cluster: its test goes here ----------------------------
+# Start a doomed third replica with `serve(cluster_env(fake, database_url, redis_cluster), ...)`,
+# start a slow turn on it (`start_turn_raw(doomed, sid, LONG, _auth(user))`), SIGKILL it, and
+# check through `cluster_replicas` that the orphan is reaped without a new message: the turn row
+# `interrupted`, the EventLog closed (a resume on B ends with `data-error interrupted`), the
+# lease and the user's slot gone (`store`). A session on the stop shard
+# (`session_on_the_stop_shard`) plus `redis_cluster.kill_master_of` also covers a reap that
+# runs while the session's master fails over.
