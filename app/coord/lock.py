@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
+from app.coord.redis import REDIS_ERRORS
 from app.coord.slots import UserSlot
 
 # Takes the lease and, when a second key is given, creates that stream (one empty entry, a TTL)
@@ -97,7 +97,7 @@ class Lease:
         so the session is free the moment Redis is back rather than when the lease expires."""
         try:
             await self.release(*drop)
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             task = asyncio.create_task(self.release_eventually(drop=drop))
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)
@@ -110,7 +110,7 @@ class Lease:
             try:
                 await self.release(*drop)
                 return
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 if time.monotonic() + retry_s >= deadline:
                     return
                 await asyncio.sleep(retry_s)

@@ -9,6 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import RedisSettings
 
@@ -19,6 +30,28 @@ READ_BLOCK_MAX_S = 2.0
 READ_MARGIN_S = 5.0
 
 
+# What a Redis call can raise when Redis, or the path to it, fails. redis-py's Cluster client
+# raises `RedisClusterException` (not a `RedisError`) when no node answers or a slot has no
+# master yet, as happens for a moment during a failover.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+# Replies of a node that is changing role or catching up: the same call succeeds a moment
+# later (on the node the client then finds). `UNBLOCKED`: a master turned into a replica (a
+# Cluster failover) ends the `XREAD BLOCK`s waiting on it with this error.
+_TRANSIENT_REPLIES = ("UNBLOCKED", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Redis failure is one a restart or a failover explains: worth trying again."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        return True
+    if isinstance(exc, (ClusterDownError, TryAgainError, RedisClusterException)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
 def create_redis(
     settings: RedisSettings, url: str | None = None, *, blocking_reads: bool = False
 ) -> Redis | RedisCluster:
@@ -27,6 +60,12 @@ def create_redis(
     Commands share a small blocking pool: under a burst they wait for a connection instead of
     opening hundreds (redis-py's default pool fails past 100). `blocking_reads` gives the
     client of EventLog readers instead, whose `XREAD BLOCK` holds a connection per reader.
+
+    On a Cluster, redis-py keeps a pool per node, which fails rather than waits when full
+    (`max_connections` is per node), and retries a command that met a dead node at once,
+    without a pause: its retries are spent long before a replica is promoted. What must ride
+    out a failover retries by itself (the EventLog writer and readers, the stop listener, the
+    lease's release); a request that meets one gets 503 `dependency_unavailable`.
     """
     target = url or settings.url
     if not target:

@@ -18,7 +18,8 @@ import logging
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+
+from app.coord.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class UserSlot:
         slot, no longer refreshed, expires with the session's lease."""
         try:
             await self.redis.zrem(self.key, self.member)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("user slot %s not released: %s", self.member, exc)
 
     def refresh_args(self) -> tuple[str, int, str, str, int]:

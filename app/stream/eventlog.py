@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from app.coord.lock import STREAM_FIELD
-from app.coord.redis import READ_BLOCK_MAX_S
+from app.coord.redis import READ_BLOCK_MAX_S, REDIS_ERRORS, is_transient
 from app.observability import metrics
 from app.stream.sse import frame_seq, split_frames
 
@@ -30,10 +30,17 @@ FIELD_DATA = STREAM_FIELD.encode()  # created with the lease (`Lease.acquire`)
 FIELD_END = b"e"
 # Marks the entry a reaper wrote to close the log of a turn whose replica died: a client may
 # hold frames that died with that replica (the last flush window's), and so already hold the
-# sequence numbers these frames were given. They are always delivered, renumbered after
-# what the reader has (`frames_after`).
+# sequence numbers these frames were given. They are always delivered, numbered on from
+# what the reader has (`entry_continuation`).
 FIELD_CLOSING = b"c"
 
+
+# A reader rides out a Redis outage this long before giving its stream up (a Cluster promotes
+# a dead master's replica a little after `cluster-node-timeout`, 15 s by default), trying again
+# every `READ_RETRY_S`: redis-py's Cluster client retries a command at once, without a pause,
+# so its own retries are spent long before a replica takes over.
+READ_OUTAGE_S = 30.0
+READ_RETRY_S = 0.2
 
 # After this many failed flushes in a row (about 10 s at the default window) queued frames
 # are dropped rather than kept in memory without end; replicas then resume from Postgres.
@@ -56,6 +63,10 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+class EventLogGap(Exception):
+    """A turn's EventLog lacks frames its reader has not seen (lost in a Redis failover)."""
 
 
 @dataclass
@@ -116,7 +127,7 @@ class EventLogWriter:
             done = time.monotonic()
             for pending in batch.values():
                 metrics.EVENTLOG_APPEND_LAG.observe(done - pending.since)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failures += 1
             if self._failures == 1 or self._failures % 100 == 0:
                 log.warning("EventLog append failed (%d in a row): %s", self._failures, exc)
@@ -124,7 +135,9 @@ class EventLogWriter:
                 log.error("EventLog: dropping %d turns' queued frames", len(batch))
                 return
             # Put the batch back in front of what came meanwhile: a log with a gap would
-            # replay a stream the AI SDK rejects.
+            # replay a stream the AI SDK rejects. Some of it may have been stored already (a
+            # Cluster pipeline fails as a whole when one node does; a failover can lose the
+            # reply of an append it kept): readers drop the frames they get twice.
             for key, later in self._pending.items():
                 earlier = batch.setdefault(key, _Pending())
                 earlier.frames.extend(later.frames)
@@ -173,6 +186,72 @@ class EventLogWriter:
             await asyncio.wait_for(self.flush(), 5)
 
 
+async def read_log(
+    redis: Redis | RedisCluster, key: str, after_seq: int, block_ms: int
+) -> AsyncGenerator[bytes | None, None]:
+    """Frames of a turn with sequence > `after_seq`, then live ones; None when nothing came
+    within `block_ms` (a chance to send a heartbeat), which is at most `READ_BLOCK_MAX_S`: the
+    readers' client times out a little after that. Ends after the log's last entry. Transient
+    Redis failures read as silence for up to `READ_OUTAGE_S`; after that they are raised.
+    Frames come once each and in order; `EventLogGap` is raised at a hole (see
+    `continuation`)."""
+    block_ms = min(block_ms, int(READ_BLOCK_MAX_S * 1000))
+    last_id = b"0-0"
+    failing_since: float | None = None
+    while True:
+        try:
+            reply = await redis.xread({key: last_id}, count=100, block=block_ms)
+            if not reply and not await redis.exists(key):
+                return
+        except REDIS_ERRORS as exc:
+            # A failover (or a restart) must not cut the reader's stream: read on from
+            # `last_id` once Redis answers again, idle meanwhile, up to `READ_OUTAGE_S`.
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if not is_transient(exc) or now - failing_since > READ_OUTAGE_S:
+                raise
+            log.info("EventLog read of %s failed, reading on: %r", key, exc)
+            yield None
+            await asyncio.sleep(READ_RETRY_S)
+            continue
+        failing_since = None
+        if not reply:
+            yield None
+            continue
+        streams = cast(list[tuple[bytes, list[tuple[bytes, Entry]]]], reply)
+        for _stream, entries in streams:
+            for entry_id, fields in entries:
+                last_id = entry_id
+                frames, after_seq, hole = entry_continuation(fields, after_seq)
+                if frames:
+                    yield b"".join(frames)
+                if hole:
+                    raise EventLogGap(f"{key}: the frames after {after_seq} are lost")
+                if FIELD_END in fields:
+                    return
+
+
+def continuation(frames: list[bytes], after_seq: int) -> tuple[list[bytes], int, bool]:
+    """The frames that follow frame `after_seq`, in order and once each; the sequence number
+    of the last of them (`after_seq` if none); whether a hole comes after them.
+
+    A turn's frames are numbered 0, 1, 2... and appended in order. A frame at or before
+    `after_seq` was sent already (`Last-Event-ID`) or is stored twice: an append retried
+    after a failover may have been written the first time too (its reply was lost). A frame
+    beyond the next one means the ones in between are gone: a failover loses the writes the
+    old master acknowledged but had not passed on to its replica yet."""
+    out: list[bytes] = []
+    for raw in frames:
+        seq = frame_seq(raw)
+        if seq is None or seq <= after_seq:
+            continue
+        if seq != after_seq + 1:
+            return out, after_seq, True
+        out.append(raw)
+        after_seq = seq
+    return out, after_seq, False
+
+
 Entry = dict[bytes, bytes]
 
 
@@ -181,60 +260,26 @@ def renumbered(raw: bytes, seq: int) -> bytes:
     return b"id: %d\n" % seq + raw[raw.index(b"\n") + 1 :]
 
 
-def _seq(raw: bytes) -> int:
-    seq = frame_seq(raw)
-    return -1 if seq is None else seq
+def entry_continuation(fields: Entry, after_seq: int) -> tuple[list[bytes], int, bool]:
+    """`continuation` of one log entry's frames; a closing entry's come whole, numbered on
+    from `after_seq` (`FIELD_CLOSING`)."""
+    frames = split_frames(fields.get(FIELD_DATA, b""))
+    if FIELD_CLOSING in fields:
+        out = [renumbered(f, after_seq + 1 + i) for i, f in enumerate(frames)]
+        return out, after_seq + len(out), False
+    return continuation(frames, after_seq)
 
 
-class _After:
-    """Picks the frames a reader lacks from a log's entries, in order: those numbered after
-    `after_seq`, and a closing entry's whole, numbered on from what the reader has."""
-
-    def __init__(self, after_seq: int) -> None:
-        self.last = after_seq
-
-    def pick(self, fields: Entry) -> list[bytes]:
-        frames = split_frames(fields.get(FIELD_DATA, b""))
-        if FIELD_CLOSING in fields:
-            out = [renumbered(f, self.last + 1 + i) for i, f in enumerate(frames)]
-        else:
-            out = [f for f in frames if _seq(f) > self.last]
-        if out:
-            self.last = _seq(out[-1])
-        return out
-
-
-def frames_after(entries: list[Entry], after_seq: int) -> list[bytes]:
-    """The frames of a log's entries that a reader holding up to `after_seq` lacks."""
-    picker = _After(after_seq)
-    return [f for fields in entries for f in picker.pick(fields)]
-
-
-async def read_log(
-    redis: Redis | RedisCluster, key: str, after_seq: int, block_ms: int
-) -> AsyncGenerator[bytes | None, None]:
-    """Frames of a turn with sequence > `after_seq`, then live ones; None when nothing came
-    within `block_ms` (a chance to send a heartbeat), which is at most `READ_BLOCK_MAX_S`: the
-    readers' client times out a little after that. Ends after the log's last entry."""
-    block_ms = min(block_ms, int(READ_BLOCK_MAX_S * 1000))
-    last_id = b"0-0"
-    picker = _After(after_seq)
-    while True:
-        reply = await redis.xread({key: last_id}, count=100, block=block_ms)
-        if not reply:
-            if not await redis.exists(key):
-                return
-            yield None
-            continue
-        streams = cast(list[tuple[bytes, list[tuple[bytes, Entry]]]], reply)
-        for _stream, entries in streams:
-            for entry_id, fields in entries:
-                last_id = entry_id
-                frames = picker.pick(fields)
-                if frames:
-                    yield b"".join(frames)
-                if FIELD_END in fields:
-                    return
+def frames_after(entries: list[Entry], after_seq: int) -> tuple[list[bytes], int, bool]:
+    """The frames of a log's entries that a reader holding up to `after_seq` lacks, as
+    `continuation` gives them (up to a hole, if one comes)."""
+    out: list[bytes] = []
+    for fields in entries:
+        frames, after_seq, hole = entry_continuation(fields, after_seq)
+        out.extend(frames)
+        if hole:
+            return out, after_seq, True
+    return out, after_seq, False
 
 
 async def log_entries(redis: Redis | RedisCluster, key: str) -> list[Entry]:

@@ -13,20 +13,24 @@ the client does not wait forever.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 
 import anyio
+import orjson
 
 from app.backends.errors import MESSAGES
-from app.coord.redis import READ_BLOCK_MAX_S
+from app.coord.redis import READ_BLOCK_MAX_S, REDIS_ERRORS, is_transient
 from app.lifespan import AppState
 from app.store.messages import MessageRepository
 from app.store.models import ChatMessage, Turn
 from app.stream import chunks
-from app.stream.eventlog import entry_frames, frames_after, log_entries, read_log
-from app.stream.replay import closing_chunks, frame_chunks, message_chunks
+from app.stream.eventlog import EventLogGap, entry_frames, frames_after, log_entries, read_log
+from app.stream.replay import closing_chunks, message_chunks
 from app.stream.sse import DONE, PING, frame, frame_seq
+
+log = logging.getLogger(__name__)
 
 FINISH_REASONS = {"completed": "stop", "failed": "error", "stopped": "other"}
 # A turn that ended normally releases its lease a few milliseconds before the end of its log is
@@ -54,7 +58,7 @@ async def follow_persisted(
         turn, message = await _load(state, turn_id)
         if turn.status != "running":
             break
-        if not await state.redis.exists(state.keys.session_lease(session_id)):
+        if await _lease_held(state, session_id) is False:
             break
         await anyio.sleep(poll_s)
         waited += poll_s
@@ -78,37 +82,52 @@ async def follow_log(
     """The turn's EventLog after `after_seq`, then live frames, `: ping` while idle, `[DONE]`;
     a turn whose lease is gone ends with what Postgres holds."""
     key = state.keys.turn_events(session_id, str(turn_id))
-    lease_key = state.keys.session_lease(session_id)
     block_ms = int(min(heartbeat_s, READ_BLOCK_MAX_S) * 1000)
     last_seq = after_seq
     quiet_since = anyio.current_time()
     give_up_at: float | None = None
-    async for data in read_log(state.redis_readers, key, after_seq, block_ms):
-        now = anyio.current_time()
-        if data is not None:
-            last_seq = _last_seq(data, last_seq)
-            quiet_since = now
-            yield data
-            continue
-        if give_up_at is None and not await state.redis.exists(lease_key):
-            turn, _ = await _load(state, turn_id)
-            # Still running in Postgres without a lease: its replica died, and a reaper will
-            # close the log (what it stores is what this client then sees); if none does in
-            # time, this stream is closed here. Finished: the end of its log may still be on
-            # its way.
-            reaping_s = state.turns.reaper.closes_within_s if state.turns else 0.0
-            wait_s = reaping_s if turn.status == "running" else LOG_END_GRACE_S
-            give_up_at = now + wait_s
-        if give_up_at is not None and now >= give_up_at:
-            break
-        if now - quiet_since >= heartbeat_s:
-            quiet_since = now
-            yield PING
-    else:
-        if await state.redis.exists(key):  # the log ended with its turn
-            yield DONE
-            return
-    yield await _close_from_postgres(state, turn_id, key, last_seq)
+    hole = False
+    try:
+        async for data in read_log(state.redis_readers, key, after_seq, block_ms):
+            now = anyio.current_time()
+            if data is not None:
+                last_seq = _last_seq(data, last_seq)
+                quiet_since = now
+                yield data
+                continue
+            if give_up_at is None and await _lease_held(state, session_id) is False:
+                turn, _ = await _load(state, turn_id)
+                # Still running in Postgres without a lease: its replica died, and a reaper
+                # will close the log (what it stores is what this client then sees); if none
+                # does in time, this stream is closed here. Finished: the end of its log may
+                # still be on its way.
+                reaping_s = state.turns.reaper.closes_within_s if state.turns else 0.0
+                wait_s = reaping_s if turn.status == "running" else LOG_END_GRACE_S
+                give_up_at = now + wait_s
+            if give_up_at is not None and now >= give_up_at:
+                break
+            if now - quiet_since >= heartbeat_s:
+                quiet_since = now
+                yield PING
+        else:
+            if await state.redis.exists(key):  # the log ended with its turn
+                yield DONE
+                return
+    except EventLogGap as exc:
+        log.warning("resume of turn %s ends early: %s", turn_id, exc)
+        hole = True
+    yield await _close_from_postgres(state, turn_id, key, last_seq, hole=hole)
+
+
+async def _lease_held(state: AppState, session_id: str) -> bool | None:
+    """Whether the session's lease exists; None while Redis cannot say (a failover under
+    way): a reader then waits and asks again rather than ending its stream."""
+    try:
+        return bool(await state.redis.exists(state.keys.session_lease(session_id)))
+    except REDIS_ERRORS as exc:
+        if not is_transient(exc):
+            raise
+        return None
 
 
 def _last_seq(data: bytes, default: int) -> int:
@@ -120,24 +139,41 @@ def _last_seq(data: bytes, default: int) -> int:
 
 
 async def _close_from_postgres(
-    state: AppState, turn_id: uuid.UUID, key: str, last_seq: int
+    state: AppState, turn_id: uuid.UUID, key: str, last_seq: int, *, hole: bool = False
 ) -> bytes:
-    """Close a stream whose log stopped short: its open parts and step, then how Postgres says
-    the turn ended (`interrupted` while the row still says running), `finish` and `[DONE]`."""
-    entries = await log_entries(state.redis, key)
-    rest = frames_after(entries, last_seq)
-    if any(chunk.get("type") == "finish" for _, chunk in frame_chunks(rest)):
-        # The log was closed meanwhile (by the reaper): the rest of it ends the stream.
-        return b"".join(rest) + DONE
+    """Close a stream whose log stopped short: the frames logged since the reader's last read,
+    its open parts and step, then how Postgres says the turn ended (`interrupted` while the
+    row still says running), `finish` and `[DONE]`.
+
+    The frames logged after the last read used to be skipped (numbered past, never sent): a
+    failover makes that likely, the owner flushing the frames it queued meanwhile just as the
+    reader gives up. After a `hole` in the log the stream ends where the client is, with an
+    `interrupted` error: what it lacks is in Postgres once the turn ends."""
     turn, message = await _load(state, turn_id)
-    seen, out = closing_chunks(entry_frames(entries))
-    if turn.status == "running":
+    entries = await log_entries(state.redis, key)
+    sent = [f for f in entry_frames(entries) if (frame_seq(f) or 0) <= last_seq]
+    missed: list[bytes] = []
+    if not hole:
+        # (with a reaper's closing entry, numbered on from the client's last frame)
+        missed, _, hole = frames_after(entries, last_seq)
+    if missed and _is_finish(missed[-1]):  # the log's end came after all
+        return b"".join(missed) + DONE
+    seen, out = closing_chunks(sent + missed)
+    if turn.status == "running" or hole:
         out.append(chunks.data_error("interrupted", MESSAGES["interrupted"], True))
         out.append(chunks.error(f"interrupted: {MESSAGES['interrupted']}"))
     metadata = message.metadata_ if message is not None else None
-    out.append(chunks.finish(FINISH_REASONS.get(turn.status, "error"), metadata))
+    reason = "error" if hole else FINISH_REASONS.get(turn.status, "error")
+    out.append(chunks.finish(reason, metadata))
     first = max(seen, last_seq) + 1
-    return b"".join(frame(first + i, chunk) for i, chunk in enumerate(out)) + DONE
+    closing = b"".join(frame(first + i, chunk) for i, chunk in enumerate(out))
+    return b"".join(missed) + closing + DONE
+
+
+def _is_finish(raw: bytes) -> bool:
+    """Whether an encoded frame holds the `finish` chunk."""
+    _head, _, data = raw.partition(b"\ndata: ")
+    return bool(orjson.loads(data).get("type") == "finish") if data else False
 
 
 def turn_frames(

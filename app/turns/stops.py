@@ -20,10 +20,11 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import PubSub
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.coord.redis import Keys
+from app.coord.redis import REDIS_ERRORS, Keys
 from app.store.models import ChatSession
 from app.turns.registry import TurnRegistry
 
@@ -90,10 +91,11 @@ class StopListener:
 
     async def _listen(self) -> None:
         wait = RETRY_S[0]
+        failed = False
         while not self._closing:
-            pubsub = self.redis.pubsub()
+            pubsub: PubSub | None = None
             try:
-                await pubsub.psubscribe(self.keys.stop_pattern())
+                pubsub = await self._subscribe(failed)
                 self.subscribed.set()
                 wait = RETRY_S[0]
                 while not self._closing:
@@ -107,12 +109,47 @@ class StopListener:
                 raise
             except Exception as exc:
                 self.subscribed.clear()
-                log.warning("stop listener: %s; subscribing again in %.1fs", exc, wait)
+                failed = True
+                log.warning("stop listener: %r; subscribing again in %.1fs", exc, wait)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(wait)
             wait = min(wait * 2, RETRY_S[1])
+
+    async def _subscribe(self, failed: bool) -> PubSub:
+        """A pub/sub connection subscribed to every stop channel.
+
+        On a Cluster, classic pub/sub is broadcast: a message published on any node reaches
+        the subscribers of every node, so any live node will do. redis-py's cluster pub/sub
+        takes the node from the client's slot map, which (a) is empty until the client has
+        run a command (the readers' client may not have: the first subscription used to fail
+        with a bare `KeyError` until a resume happened to run one), and (b) still names a dead
+        master until something refreshes it. So: learn the topology (afresh after a failure:
+        the node we were on may have been failed over), then try the pattern's own node
+        first and every other node after it."""
+        if not isinstance(self.redis, RedisCluster):
+            return await self._subscribe_with(self.redis.pubsub())
+        await self.redis.initialize()
+        if failed:
+            await self.redis.nodes_manager.initialize()
+        first = self.redis.get_node_from_key(self.keys.stop_pattern())
+        nodes = [first, *(node for node in self.redis.get_nodes() if node is not first)]
+        for node in nodes[:-1]:
+            with contextlib.suppress(*REDIS_ERRORS):
+                return await self._subscribe_with(self.redis.pubsub(node=node))
+        return await self._subscribe_with(self.redis.pubsub(node=nodes[-1]))
+
+    async def _subscribe_with(self, pubsub: PubSub) -> PubSub:
+        """`pubsub` subscribed to every stop channel; closed if that fails."""
+        try:
+            await pubsub.psubscribe(self.keys.stop_pattern())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return pubsub
 
 
 class TurnStopper:
