@@ -223,7 +223,12 @@ WITH turn AS (
     WHERE id = $2::uuid AND session_id = $1 AND finished_at IS NULL
     RETURNING id, assistant_message_id, model
 ), reply AS (
-    UPDATE chat_messages m SET parts = coalesce($3::jsonb, m.parts) || $4::jsonb,
+    UPDATE chat_messages m SET parts = (
+            -- the reply rebuilt from the EventLog, unless the last partial write holds more
+            -- (a Redis failover can lose the log's newest frames)
+            CASE WHEN $3::jsonb IS NOT NULL AND length($3::jsonb::text) >= length(m.parts::text)
+                 THEN $3::jsonb ELSE m.parts END
+        ) || $4::jsonb,
         status = 'interrupted', updated_at = now(),
         metadata = m.metadata || jsonb_build_object(
             'turnId', turn.id::text, 'model', turn.model, 'finishReason', 'error')

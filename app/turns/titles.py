@@ -6,8 +6,8 @@ chat's first turn: twice the upstream calls, and the server's work for them, exa
 the burst landed, which set the tail of the time to first token. Now a title is asked for
 only once its turn has produced its first visible output, or ended (`TurnRunner.shown`);
 at most `CONCURRENCY` title requests run at once on a replica (the rest wait their turn,
-after the replies); each has `DEADLINE_S`, after which the title stays empty, as after any
-failure. The request takes the path the turns take (the raw response, decoded with orjson,
+after the replies); each has `DEADLINE_S` from its turn's first output, waiting included,
+after which the title stays empty, as after any failure. The request takes the path the turns take (the raw response, decoded with orjson,
 no SDK models), and the title is stored with one statement on the turns' asyncpg pool only
 if the session has none (the user may have named it meanwhile). With the Claude SDK
 backend too, the title comes from the Messages API's title model, never from a CLI.
@@ -31,7 +31,7 @@ SYSTEM = (
     "final period) for the conversation that starts with the user's message."
 )
 MAX_TITLE_CHARS = 80
-CONCURRENCY = 4  # title requests at once per replica
+CONCURRENCY = 8  # title requests at once per replica
 DEADLINE_S = 30.0  # from the first visible output of its turn to the stored title
 _SET_TITLE = "UPDATE chat_sessions SET title = $2 WHERE id = $1 AND title IS NULL"
 
@@ -71,13 +71,14 @@ class TitleWriter:
     async def _when(self, after: asyncio.Event | None, session_id: str, text: str) -> None:
         if after is not None:
             await after.wait()
-        async with self._gate:
-            await self.write(session_id, text)
+        await self.write(session_id, text)
 
     async def write(self, session_id: str, text: str) -> None:
-        """Generate and store the title unless the user named the session meanwhile."""
+        """Generate and store the title unless the user named the session meanwhile. The
+        deadline counts the wait for a place too: under more new chats than titles can be
+        written for, the oldest are given up (left empty) rather than piling up."""
         try:
-            async with asyncio.timeout(DEADLINE_S):
+            async with asyncio.timeout(DEADLINE_S), self._gate:
                 title = clean_title(await self._ask(text))
                 if not title:
                     log.warning("session %s: the model gave an empty title", session_id)

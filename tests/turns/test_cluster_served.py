@@ -297,12 +297,18 @@ def _assert_nothing_lost(
     # or was closed from Postgres where it stood.
     assert_well_formed(resumed)
     assert posted.text.startswith(resumed.text)
-    assert [t["status"] for t in turns(http, sid)] == [
-        "completed" if posted.error is None else "interrupted"
-    ]
+    [turn] = turns(http, sid)
+    assert turn["status"] == ("completed" if posted.error is None else "interrupted")
     question, answer = stored_messages(http, sid)
     assert text_of(question) == FAILOVER
-    assert text_of(answer) == posted.text
+    if turn["reaped_by"] is None:
+        assert text_of(answer) == posted.text
+    else:
+        # Taken for dead while Redis was away, its turn was recorded by a reaper, whose
+        # record stands (the owner's late final write adds only its usage): the reply as
+        # the EventLog or the last partial write had it, which the client saw a prefix of.
+        assert text_of(answer)
+        assert posted.text.startswith(text_of(answer))
     after = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": SHORT})
     assert_well_formed(after)
     assert after.chunks[-1]["finishReason"] == "stop"
