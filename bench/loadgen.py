@@ -1,8 +1,22 @@
-"""Load generator of bench/relay.py: N concurrent streaming chats, run in a process of its own.
+"""Load generator of bench/relay.py: streaming chats, run in a process of its own.
 
-It speaks HTTP/1.1 over raw asyncio streams (one connection per chat, on uvloop when present)
-instead of using an HTTP client library, so that the client, which shares the machine's two
-cores with the servers it measures, spends as little CPU as possible per event.
+Two clients (`--client`):
+- `raw` (the quiet harness): HTTP/1.1 over raw asyncio streams (one connection per chat, on
+  uvloop when present) instead of an HTTP client library, so that the client, which shares
+  the machine's two cores with the servers it measures, spends as little CPU as possible per
+  event.
+- `httpx` (the busy harness): what an app's backend or a test harness typically runs: one
+  `httpx.AsyncClient` on the default asyncio loop (no uvloop), each response read with
+  `aiter_lines()`. It costs several times the raw client's CPU per token (bench/relay.py's
+  docstring gives the measured factor), on the cores the server under test needs.
+
+Two arrival patterns:
+- a burst: `--n` chats started at once (or spread evenly over `--ramp` seconds);
+- open loop (`--arrival-rate R --duration S`): chats start as a Poisson process of rate R per
+  second for S seconds (exponential gaps from a seeded generator), whatever the server's
+  state: a slow server does not slow the arrivals. Each stream reports when it was due and
+  how late the client actually started it (`lag_s`: the client's own event loop falling
+  behind, which would hide a server's slowness; bench/relay.py reports its p99).
 
 Two kinds of target:
 - `ui`: `POST /api/v1/chat {"id", "message"}` answered with the AI SDK UI message stream
@@ -19,8 +33,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +58,8 @@ class StreamResult:
     duration_s: float = 0.0
     error: str | None = None
     finish: str | None = None
+    due_s: float = 0.0
+    lag_s: float = 0.0
 
 
 @dataclass
@@ -58,21 +76,12 @@ class Target:
 
 
 def _request(target: Target, index: int) -> bytes:
-    directive = f"[[fake:text tokens={target.tokens} rate={target.rate:g}]]"
+    body = orjson.dumps(_body(target, index))
     if target.kind == "anthropic":
         path = "/v1/messages"
-        body = orjson.dumps(
-            {
-                "model": MODEL,
-                "max_tokens": 4096,
-                "stream": True,
-                "messages": [{"role": "user", "content": directive}],
-            }
-        )
         extra = b"x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
     else:
         path = "/api/v1/chat"
-        body = orjson.dumps({"id": f"{target.prefix}-{index}", "message": directive})
         extra = b"accept: text/event-stream\r\n"
     head = (
         f"POST {path} HTTP/1.1\r\nhost: {target.host}:{target.port}\r\n"
@@ -149,9 +158,54 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes, sse: _SSE) -> No
         sse.feed(chunk)
 
 
-async def _one(target: Target, index: int, limit_s: float) -> StreamResult:
+def _body(target: Target, index: int) -> dict[str, Any]:
+    directive = f"[[fake:text tokens={target.tokens} rate={target.rate:g}]]"
+    if target.kind == "anthropic":
+        return {
+            "model": MODEL,
+            "max_tokens": 4096,
+            "stream": True,
+            "messages": [{"role": "user", "content": directive}],
+        }
+    return {"id": f"{target.prefix}-{index}", "message": directive}
+
+
+async def _one_httpx(
+    client: Any, target: Target, index: int, limit_s: float, t0: float
+) -> StreamResult:
+    """One chat through `httpx.AsyncClient`, its response read line by line."""
+    import httpx
+
     result = StreamResult()
+    sse = _SSE(target.kind == "anthropic", t0, result)
+    if target.kind == "anthropic":
+        path, headers = "/v1/messages", {"x-api-key": "bench", "anthropic-version": "2023-06-01"}
+    else:
+        path, headers = "/api/v1/chat", {"accept": "text/event-stream"}
+    try:
+        async with asyncio.timeout(limit_s):
+            async with client.stream(
+                "POST", path, json=_body(target, index), headers=headers
+            ) as response:
+                result.ttfb_s = time.perf_counter() - t0
+                result.status = response.status_code
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        sse._data(line[6:].encode())
+                    elif result.status != 200 and len(sse.buf) < 200:
+                        sse.buf += line.encode()
+    except TimeoutError:
+        result.error = f"timeout after {limit_s:.0f}s"
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:200]
+    return _finish(result, sse, target, t0)
+
+
+async def _one(target: Target, index: int, limit_s: float, client: Any = None) -> StreamResult:
     t0 = time.perf_counter()
+    if client is not None:
+        return await _one_httpx(client, target, index, limit_s, t0)
+    result = StreamResult()
     sse = _SSE(target.kind == "anthropic", t0, result)
     writer: asyncio.StreamWriter | None = None
     try:
@@ -171,6 +225,10 @@ async def _one(target: Target, index: int, limit_s: float) -> StreamResult:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+    return _finish(result, sse, target, t0)
+
+
+def _finish(result: StreamResult, sse: _SSE, target: Target, t0: float) -> StreamResult:
     result.duration_s = time.perf_counter() - t0
     result.tokens = len("".join(sse.parts).split())
     if result.error is None:
@@ -184,23 +242,65 @@ async def _one(target: Target, index: int, limit_s: float) -> StreamResult:
     return result
 
 
-async def run(target: Target, n: int, ramp_s: float, limit_s: float) -> dict[str, Any]:
-    """Start `n` chats (spread over `ramp_s` seconds) and wait for all of them."""
-    target.requests = [_request(target, i) for i in range(n)]
+def schedule(
+    n: int, ramp_s: float, arrival_rate: float, duration_s: float, seed: int
+) -> list[float]:
+    """When each chat is due, in seconds from the start: a burst (all at 0, or evenly over
+    `ramp_s`), or a Poisson process of `arrival_rate` per second over `duration_s`."""
+    if arrival_rate > 0:
+        rng = random.Random(seed)
+        due, at = [], rng.expovariate(arrival_rate)
+        while at < duration_s:
+            due.append(at)
+            at += rng.expovariate(arrival_rate)
+        return due
+    if ramp_s > 0 and n > 1:
+        return [ramp_s * i / (n - 1) for i in range(n)]
+    return [0.0] * n
 
-    async def started(index: int) -> StreamResult:
-        if ramp_s > 0 and n > 1:
-            await asyncio.sleep(ramp_s * index / (n - 1))
-        return await _one(target, index, limit_s)
 
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    results = await asyncio.gather(*(started(i) for i in range(n)))
-    wall = time.perf_counter() - wall0
-    return {
-        "wall_s": wall,
-        "cpu_s": time.process_time() - cpu0,
-        "streams": [asdict(r) for r in results],
-    }
+@contextlib.asynccontextmanager
+async def _client(target: Target, kind: str, limit_s: float) -> AsyncIterator[Any]:
+    if kind == "raw":
+        yield None
+        return
+    import httpx
+
+    async with httpx.AsyncClient(
+        base_url=f"http://{target.host}:{target.port}",
+        timeout=httpx.Timeout(limit_s, connect=30),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+    ) as client:
+        # The client's first request pays one-off costs (~0.2 s of blocked event loop):
+        # pay them before the start signal.
+        with contextlib.suppress(httpx.HTTPError):
+            await client.get("/healthz")
+        yield client
+
+
+async def run(
+    target: Target, due: list[float], limit_s: float, client_kind: str = "raw"
+) -> dict[str, Any]:
+    """Say READY, wait for the start line on stdin, then start a chat at each `due` offset
+    (seconds from the start) and wait for all of them."""
+    target.requests = [_request(target, i) for i in range(len(due))]
+    async with _client(target, client_kind, limit_s) as client:
+        print("READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+
+        async def started(index: int) -> StreamResult:
+            if due[index] > 0:
+                await asyncio.sleep(wall0 + due[index] - time.perf_counter())
+            lag = time.perf_counter() - wall0 - due[index]
+            result = await _one(target, index, limit_s, client)
+            result.due_s, result.lag_s = due[index], lag
+            return result
+
+        results = await asyncio.gather(*(started(i) for i in range(len(due))))
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+    return {"wall_s": wall, "cpu_s": cpu, "streams": [asdict(r) for r in results]}
 
 
 def main() -> None:
@@ -208,25 +308,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--kind", choices=("ui", "anthropic"), required=True)
-    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    parser.add_argument("--n", type=int, default=0, help="chats of a burst")
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--prefix", default="bench")
     parser.add_argument("--ramp", type=float, default=0.0)
+    parser.add_argument(
+        "--arrival-rate", type=float, default=0.0, help="open loop: new chats per second"
+    )
+    parser.add_argument("--duration", type=float, default=60.0, help="open loop: seconds")
+    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=180.0)
     args = parser.parse_args()
     url = urlsplit(args.url)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("loadgen only targets loopback addresses")
+    if args.arrival_rate <= 0 and args.n <= 0:
+        sys.exit("give --n or --arrival-rate")
     target = Target(url.hostname, url.port or 80, args.kind, args.tokens, args.rate, args.prefix)
+    due = schedule(args.n, args.ramp, args.arrival_rate, args.duration, args.seed)
     runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
+    if args.client == "raw":
+        with contextlib.suppress(ImportError):
+            import uvloop
 
-        runner = uvloop.run
-    print("READY", flush=True)
-    sys.stdin.readline()
-    report = runner(run(target, args.n, args.ramp, args.timeout))
+            runner = uvloop.run
+    report = runner(run(target, due, args.timeout, args.client))
     sys.stdout.write(orjson.dumps(report).decode() + "\n")
     sys.stdout.flush()
 

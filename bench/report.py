@@ -1,27 +1,43 @@
-"""What bench/relay.py measured in one (mode, N) run, the markdown table, and the targets."""
+"""What bench/relay.py measured in one row, the markdown tables, and the targets.
+
+A row is a (scenario, mode, load): `burst` and `busy` rows are N chats at once in the quiet
+and the busy harness, `open-loop` rows a Poisson arrival rate at a share of the calibrated
+rate. Copilot rows are compared with the relay row of the same scenario and load.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-TARGET_RATIO = 1.25
+SCENARIOS = ("burst", "busy", "open-loop")
+HARNESS = {"burst": "quiet", "busy": "busy", "open-loop": "quiet"}
 TARGET_STREAMS = 500
-RATIO_AT = 200
+BURST_TARGET_N = (200, 500)  # the N the burst targets are checked at, in both harnesses
+CPU_TARGET = 0.8  # copilot's CPU per token at most 0.8x the relay's
+OPEN_LOOP_TARGET_PCT = 80  # open-loop TTFT p99 at most the relay's at 80% load
 
 
 @dataclass
 class Run:
-    """One row of the table."""
+    """One row of a table."""
 
     mode: str
     n: int
+    scenario: str = "burst"
+    arrival_rate: float | None = None  # open loop: new chats per second
+    load_pct: int | None = None  # open loop: share of the calibrated rate
+    duration_s: float | None = None  # open loop: how long new chats arrive
     wall_s: float = 0.0
     ttfb_p50_ms: float | None = None
     ttft_p50_ms: float | None = None
     ttft_p99_ms: float | None = None
+    lag_p99_ms: float | None = None  # the client's start lag (open loop)
     tokens: int = 0
     cpu_server_s: float = 0.0
+    cpu_server_titles_s: float | None = None  # to the last title stored (copilot, titles on)
+    titles: int | None = None
+    titles_after_s: float | None = None  # from the last stream's end to the last title
     cpu_fake_s: float = 0.0
     cpu_store_s: float | None = None
     cpu_loadgen_s: float = 0.0
@@ -41,6 +57,11 @@ class Run:
         if seconds is None or not self.tokens:
             return None
         return 1000 * seconds / self.tokens
+
+    @property
+    def cpu_server_all_s(self) -> float:
+        """The server's CPU for the row's chats, their titles included when it made them."""
+        return self.cpu_server_s if self.cpu_server_titles_s is None else self.cpu_server_titles_s
 
     @property
     def tok_s(self) -> float:
@@ -63,6 +84,19 @@ class Run:
         """The mode, marked when py-spy was attached."""
         return f"{self.mode} (py-spy)" if self.profiled else self.mode
 
+    @property
+    def load(self) -> str:
+        """The row's load: N, or the open-loop share and rate."""
+        if self.load_pct is None:
+            return str(self.n)
+        chats = f", {self.n} chats" if self.n else ""
+        return f"{self.load_pct}% ({self.arrival_rate:.1f}/s{chats})"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What a copilot row is compared on: scenario and N, or scenario and load share."""
+        return (self.scenario, self.n if self.load_pct is None else self.load_pct)
+
 
 def _num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
@@ -74,111 +108,175 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base
 
 
-def _relay_at(runs: list[Run], n: int) -> Run | None:
-    return next((r for r in runs if r.mode == "relay" and r.n == n and not r.profiled), None)
+def _x(value: float | Run | None) -> str:
+    """A ratio (None, or no row to compare with: "-")."""
+    return "-" if value is None or isinstance(value, Run) else f"{value:.2f}x"
 
 
-def _copilot_at(runs: list[Run], n: int) -> Run | None:
-    return next((r for r in runs if r.mode == "copilot" and r.n == n and not r.profiled), None)
+def _find(runs: list[Run], mode: str, key: tuple[str, int]) -> Run | None:
+    return next((r for r in runs if r.mode == mode and r.key == key and not r.profiled), None)
 
 
-COLUMNS = (
-    "mode",
-    "N",
-    "headers p50 ms",
-    "TTFT p50 ms",
-    "TTFT p99 ms",
-    "tokens/s",
-    "CPU s/1k tok (server)",
-    "CPU s/1k tok (server+fake)",
-    "CPU s/1k tok (pg+redis)",
-    "peak RSS MB",
-    "errors",
-    "persisted",
-    "TTFT p50 copilot/relay",
-    "CPU/1k copilot/relay",
-    "loadgen CPU s",
-    "host busy %",
-    "other procs CPU s",
-    "wall s",
-    "code",
+def _cpu(run: Run) -> float | None:
+    return run.per_1k(run.cpu_server_all_s)
+
+
+def _titles(run: Run) -> str:
+    if run.titles is None:
+        return "-"
+    after = "" if run.titles_after_s is None else f" (+{run.titles_after_s:.1f}s)"
+    return f"{run.titles}/{run.n}{after}"
+
+
+Column = tuple[str, Callable[[Run, Run | None], str]]
+
+_COMMON: tuple[Column, ...] = (
+    ("TTFT p50 ms", lambda r, _: _num(r.ttft_p50_ms, 1)),
+    ("TTFT p99 ms", lambda r, _: _num(r.ttft_p99_ms, 1)),
+    ("tokens/s", lambda r, _: _num(r.tok_s)),
+    ("CPU s/1k tok (server)", lambda r, _: _num(r.per_1k(r.cpu_server_s), 3)),
+    ("CPU s/1k tok (server, titles incl.)", lambda r, _: _num(_cpu(r), 3)),
+    ("CPU s/1k tok (server+fake)", lambda r, _: _num(r.per_1k(r.cpu_total_s), 3)),
+    ("CPU s/1k tok (pg+redis)", lambda r, _: _num(r.per_1k(r.cpu_store_s), 3)),
+    ("peak RSS MB", lambda r, _: _num(r.peak_rss_mb)),
+    ("errors", lambda r, _: str(r.errors)),
+    ("persisted", lambda r, _: "-" if r.persisted is None else f"{r.persisted}/{r.n}"),
+    ("titles", lambda r, _: _titles(r)),
+    ("TTFT p50 copilot/relay", lambda r, b: _x(b and _ratio(r.ttft_p50_ms, b.ttft_p50_ms))),
+    ("TTFT p99 copilot/relay", lambda r, b: _x(b and _ratio(r.ttft_p99_ms, b.ttft_p99_ms))),
+    ("CPU/1k copilot/relay", lambda r, b: _x(b and _ratio(_cpu(r), _cpu(b)))),
+)
+_TAIL: tuple[Column, ...] = (
+    ("loadgen CPU s/1k tok", lambda r, _: _num(r.per_1k(r.cpu_loadgen_s), 3)),
+    ("fake CPU s/1k tok", lambda r, _: _num(r.per_1k(r.cpu_fake_s), 3)),
+    ("host busy %", lambda r, _: _num(r.host_busy_pct)),
+    ("other procs CPU s", lambda r, _: _num(r.cpu_others_s, 1)),
+    ("wall s", lambda r, _: _num(r.wall_s, 1)),
+    ("code", lambda r, _: r.code),
+)
+BURST_COLUMNS: tuple[Column, ...] = (
+    ("mode", lambda r, _: r.label),
+    ("N", lambda r, _: str(r.n)),
+    ("headers p50 ms", lambda r, _: _num(r.ttfb_p50_ms, 1)),
+    *_COMMON,
+    *_TAIL,
+)
+OPEN_LOOP_COLUMNS: tuple[Column, ...] = (
+    ("mode", lambda r, _: r.label),
+    ("load (rate, chats)", lambda r, _: r.load),
+    *_COMMON,
+    ("client start lag p99 ms", lambda r, _: _num(r.lag_p99_ms, 1)),
+    *_TAIL,
 )
 
 
-def render_table(runs: list[Run]) -> str:
-    """The markdown table: a row per (mode, N), ratios on copilot rows."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def render_table(runs: list[Run], scenario: str) -> str:
+    """The markdown table of one scenario: a row per (mode, load), ratios on copilot rows."""
+    columns = OPEN_LOOP_COLUMNS if scenario == "open-loop" else BURST_COLUMNS
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
     for run in runs:
-        relay = _relay_at(runs, run.n) if run.mode == "copilot" else None
-        ttft_ratio = _ratio(run.ttft_p50_ms, relay.ttft_p50_ms) if relay else None
-        cpu_ratio = (
-            _ratio(run.per_1k(run.cpu_server_s), relay.per_1k(relay.cpu_server_s))
-            if relay
-            else None
-        )
-        persisted = "-" if run.persisted is None else f"{run.persisted}/{run.n}"
-        cells = (
-            run.label,
-            str(run.n),
-            _num(run.ttfb_p50_ms, 1),
-            _num(run.ttft_p50_ms, 1),
-            _num(run.ttft_p99_ms, 1),
-            _num(run.tok_s),
-            _num(run.per_1k(run.cpu_server_s), 3),
-            _num(run.per_1k(run.cpu_total_s), 3),
-            _num(run.per_1k(run.cpu_store_s), 3),
-            _num(run.peak_rss_mb),
-            str(run.errors),
-            persisted,
-            "-" if ttft_ratio is None else f"{ttft_ratio:.2f}x",
-            "-" if cpu_ratio is None else f"{cpu_ratio:.2f}x",
-            _num(run.cpu_loadgen_s, 2),
-            _num(run.host_busy_pct),
-            _num(run.cpu_others_s, 1),
-            _num(run.wall_s, 1),
-            run.code,
-        )
-        lines.append("| " + " | ".join(cells) + " |")
+        if run.scenario != scenario:
+            continue
+        base = _find(runs, "relay", run.key) if run.mode.startswith("copilot") else None
+        lines.append("| " + " | ".join(get(run, base) for _, get in columns) + " |")
     return "\n".join(lines)
 
 
-def target_lines(runs: list[Run]) -> list[str]:
-    """A PASS or MISS line per target (n/a when the runs it needs were not made)."""
-    out = []
-    big = _copilot_at(runs, TARGET_STREAMS)
-    name = f"copilot N={TARGET_STREAMS}: zero errors and every reply persisted"
-    if big is None:
-        out.append(f"n/a   {name} (not measured)")
-    else:
-        ok = big.errors == 0 and big.persisted == big.n
-        out.append(
-            f"{'PASS' if ok else 'MISS'}  {name}: {big.errors} errors, "
-            f"{big.persisted}/{big.n} persisted"
-        )
-    copilot, relay = _copilot_at(runs, RATIO_AT), _relay_at(runs, RATIO_AT)
-    checks: tuple[tuple[str, Callable[[Run], float | None], str, int], ...] = (
-        ("TTFT p50", lambda r: r.ttft_p50_ms, "ms", 1),
-        ("CPU per 1k tokens (server process)", lambda r: r.per_1k(r.cpu_server_s), "s", 3),
+def _check(
+    name: str,
+    copilot: Run | None,
+    relay: Run | None,
+    get: Callable[[Run], float | None],
+    limit: float,
+    unit: str,
+    digits: int,
+) -> str:
+    if copilot is None or relay is None:
+        return f"n/a   {name} (not measured)"
+    ratio = _ratio(get(copilot), get(relay))
+    ok = ratio is not None and ratio <= limit and copilot.errors == 0
+    errors = f"; {copilot.errors} errors" if copilot.errors else ""
+    return (
+        f"{'PASS' if ok else 'MISS'}  {name}: {_num(get(copilot), digits)} {unit} vs "
+        f"{_num(get(relay), digits)} {unit} = {'-' if ratio is None else f'{ratio:.2f}'}x{errors}"
     )
-    for what, get, unit, digits in checks:
-        name = f"copilot N={RATIO_AT}: {what} within {TARGET_RATIO}x of the minimal relay"
-        if copilot is None or relay is None:
-            out.append(f"n/a   {name} (not measured)")
+
+
+def target_lines(runs: list[Run], scenarios: list[str]) -> list[str]:
+    """A PASS or MISS line per target of the scenarios run (n/a when a row is missing)."""
+    out = []
+    for scenario in scenarios:
+        if scenario == "open-loop":
+            key = (scenario, OPEN_LOOP_TARGET_PCT)
+            out.append(
+                _check(
+                    f"copilot open-loop at {OPEN_LOOP_TARGET_PCT}% load: TTFT p99 at most the "
+                    "relay's",
+                    _find(runs, "copilot", key),
+                    _find(runs, "relay", key),
+                    lambda r: r.ttft_p99_ms,
+                    1.0,
+                    "ms",
+                    1,
+                )
+            )
             continue
-        ratio = _ratio(get(copilot), get(relay))
-        ok = ratio is not None and ratio <= TARGET_RATIO
-        out.append(
-            f"{'PASS' if ok else 'MISS'}  {name}: {_num(get(copilot), digits)} {unit} vs "
-            f"{_num(get(relay), digits)} {unit} = "
-            f"{'-' if ratio is None else f'{ratio:.2f}'}x"
-        )
-    out.extend(tracing_lines(runs))
-    if copilot is not None and relay is not None:
-        p99 = _ratio(copilot.ttft_p99_ms, relay.ttft_p99_ms)
-        out.append(
-            f"info  copilot N={RATIO_AT}: TTFT p99 {_num(copilot.ttft_p99_ms, 1)} ms vs "
-            f"{_num(relay.ttft_p99_ms, 1)} ms = {'-' if p99 is None else f'{p99:.2f}'}x"
-        )
+        harness = HARNESS[scenario]
+        for n in BURST_TARGET_N:
+            copilot, relay = (
+                _find(runs, "copilot", (scenario, n)),
+                _find(runs, "relay", (scenario, n)),
+            )
+            where = f"copilot {scenario} ({harness} harness) N={n}"
+            if copilot is None or relay is None:
+                out.append(f"n/a   {where}: TTFT p50, p99 and CPU targets (not measured)")
+                continue
+            out.append(
+                _check(
+                    f"{where}: TTFT p50 at most the relay's",
+                    copilot,
+                    relay,
+                    lambda r: r.ttft_p50_ms,
+                    1.0,
+                    "ms",
+                    1,
+                )
+            )
+            out.append(
+                _check(
+                    f"{where}: TTFT p99 at most the relay's",
+                    copilot,
+                    relay,
+                    lambda r: r.ttft_p99_ms,
+                    1.0,
+                    "ms",
+                    1,
+                )
+            )
+            out.append(
+                _check(
+                    f"{where}: CPU per 1k tokens (server, titles included) at most {CPU_TARGET}x "
+                    "the relay's",
+                    copilot,
+                    relay,
+                    _cpu,
+                    CPU_TARGET,
+                    "s",
+                    3,
+                )
+            )
+        big = _find(runs, "copilot", (scenario, TARGET_STREAMS))
+        name = f"copilot {scenario} N={TARGET_STREAMS}: zero errors and every reply persisted"
+        if big is None:
+            out.append(f"n/a   {name} (not measured)")
+        else:
+            ok = big.errors == 0 and big.persisted == big.n
+            out.append(
+                f"{'PASS' if ok else 'MISS'}  {name}: {big.errors} errors, "
+                f"{big.persisted}/{big.n} persisted"
+            )
+        if scenario == "burst":
+            out.extend(tracing_lines(runs))
     return out
 
 
@@ -187,9 +285,9 @@ def problem_lines(runs: list[Run]) -> list[str]:
     out = []
     for run in runs:
         for sample in run.error_samples:
-            out.append(f"{run.label} N={run.n} error: {sample}")
+            out.append(f"{run.scenario} {run.label} {run.load} error: {sample}")
         for sample in run.persist_problems:
-            out.append(f"{run.label} N={run.n} not persisted: {sample}")
+            out.append(f"{run.scenario} {run.label} {run.load} not persisted: {sample}")
     return out
 
 
@@ -197,12 +295,13 @@ TRACING_TARGET = 1.05  # tracing on may cost at most 5% more CPU per turn and TT
 
 
 def tracing_lines(runs: list[Run]) -> list[str]:
-    """Per N measured both ways: copilot with tracing on against copilot without."""
+    """Per N measured both ways (burst, quiet harness): copilot with tracing on against
+    copilot without."""
     out = []
     for traced in runs:
-        if traced.mode != "copilot-traced" or traced.profiled:
+        if traced.mode != "copilot-traced" or traced.profiled or traced.scenario != "burst":
             continue
-        plain = _copilot_at(runs, traced.n)
+        plain = _find(runs, "copilot", traced.key)
         checks: tuple[tuple[str, Callable[[Run], float | None], str, int], ...] = (
             ("CPU per 1k tokens (server process)", lambda r: r.per_1k(r.cpu_server_s), "s", 3),
             ("TTFT p50", lambda r: r.ttft_p50_ms, "ms", 1),

@@ -2,6 +2,8 @@
 
 The fake upstream and `copilot serve` run from `--app-dir` (default: this checkout) with this
 checkout's virtualenv; the minimal relay and the load generator always run from `bench/`.
+Two harnesses: `quiet` (`copilot fake-upstream`: uvloop, httptools, raw ASGI) and `busy`
+(`bench/busy_upstream.py`: the same app in Starlette on uvicorn's asyncio loop and h11).
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def copilot_env(bench: Bench, fake_url: str) -> dict[str, str]:
             "REDIS_URL": bench.args.redis_url,
             "ANTHROPIC_BASE_URL": fake_url,
             "ANTHROPIC_API_KEY": "bench",
-            "COPILOT_TITLE_GENERATION": "0",
+            # Titles as users get them (on) unless `--titles off`: the minimal relay makes
+            # none, and copilot serve has to hide their cost.
+            "COPILOT_TITLE_GENERATION": "1" if bench.args.titles == "on" else "0",
             # The relay is a Messages API relay: compare like with like (bench/sdk.py
             # measures the Claude SDK backend against the bare SDK).
             "COPILOT_BACKEND": "anthropic",
@@ -106,13 +110,15 @@ def warm_up(kind: str, url: str, prefix: str) -> None:
 
 
 def start_servers(
-    bench: Bench, mode: str, logs: Path, procs: list[Spawned]
+    bench: Bench, mode: str, logs: Path, procs: list[Spawned], harness: str = "quiet"
 ) -> tuple[Spawned, Spawned, str]:
-    """Start the fake upstream and (relay, copilot) the server side by side; wait for both;
-    return fake, server and the URL the load generator targets."""
+    """Start the fake upstream of `harness` and (relay, copilot) the server side by side;
+    wait for both; return fake, server and the URL the load generator targets."""
     fake_port = free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
     argv = [COPILOT, "fake-upstream", "--host", "127.0.0.1", "--port", str(fake_port)]
+    if harness == "busy":
+        argv = [sys.executable, str(BENCH / "busy_upstream.py"), "--port", str(fake_port)]
     fake = Spawned.start("fake-upstream", argv, bench.app_env, logs, cwd=bench.args.app_dir)
     procs.append(fake)
     server, url, ready = fake, fake_url, "/healthz"

@@ -78,6 +78,39 @@ def persisted_replies(url: str, session_prefix: str, n: int, tokens: int) -> tup
     return asyncio.run(_persisted(url, session_prefix + "-%", n, tokens))
 
 
+async def _titled(url: str, like: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        count = await conn.fetchval(
+            "select count(*) from chat_sessions where id like $1 and title is not null", like
+        )
+    finally:
+        await conn.close()
+    return int(count)
+
+
+def titled_sessions(url: str, session_prefix: str) -> int:
+    """How many of the sessions `<prefix>-*` have a title."""
+    return asyncio.run(_titled(url, session_prefix + "-%"))
+
+
+def wait_for_titles(
+    url: str, session_prefix: str, n: int, cap_s: float, stall_s: float = 5.0
+) -> int:
+    """Wait until the `n` sessions `<prefix>-*` all have a title, or none came for `stall_s`
+    (the rest failed), or `cap_s` passed; return how many have one."""
+    deadline = time.monotonic() + cap_s
+    count, last, progress = 0, -1, time.monotonic()
+    while True:
+        count = titled_sessions(url, session_prefix)
+        now = time.monotonic()
+        if count != last:
+            last, progress = count, now
+        if count >= n or now >= deadline or now - progress >= stall_s:
+            return count
+        time.sleep(0.25)
+
+
 def clear_redis(url: str, key_prefix: str, limit: int = 1_000_000) -> int:
     """Delete the keys under `key_prefix` (at most `limit`); return how many."""
     client = redis.Redis.from_url(url)
