@@ -7,10 +7,11 @@ the burst landed, which set the tail of the time to first token. Now a title is 
 only once its turn has produced its first visible output, or ended (`TurnRunner.shown`);
 at most `CONCURRENCY` title requests run at once on a replica (the rest wait their turn,
 after the replies); each has `DEADLINE_S` from its turn's first output, waiting included,
-after which the title stays empty, as after any failure. The request takes the path the turns take (the raw response, decoded with orjson,
-no SDK models), and the title is stored with one statement on the turns' asyncpg pool only
-if the session has none (the user may have named it meanwhile). With the Claude SDK
-backend too, the title comes from the Messages API's title model, never from a CLI.
+after which the title stays empty, as after any failure. The request takes the path the
+turns take (the raw response, decoded with orjson, no SDK models), and the title is stored
+with one statement on the turns' asyncpg pool only if the session has none (the user may
+have named it meanwhile). With the Claude SDK backend too, the title comes from the
+Messages API's title model, never from a CLI.
 """
 
 from __future__ import annotations
