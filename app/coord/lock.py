@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
+from app.coord.batching import Coalescer
 from app.coord.redis import REDIS_ERRORS
 from app.coord.slots import UserSlot
 
@@ -63,6 +67,42 @@ def _scripts(redis: Redis | RedisCluster) -> tuple[AsyncScript, AsyncScript]:
     return redis.register_script(_ACQUIRE), redis.register_script(_RELEASE)
 
 
+_ACQUIRE_SHA = hashlib.sha1(_ACQUIRE.encode()).hexdigest()
+Acquisition = tuple["Lease", str | None, int]
+
+
+async def _acquire_batch(items: list[Acquisition]) -> list[bool | BaseException]:
+    """Several acquisitions (of different sessions) in one pipeline of `EVALSHA`; an
+    acquisition whose script Redis does not know yet (its first, or after a restart) goes
+    again on its own, which loads it."""
+    if len(items) == 1:
+        lease, stream, ttl = items[0]
+        return [await lease._acquire_alone(stream, ttl)]
+    pipe = items[0][0].redis.pipeline(transaction=False)
+    for lease, stream, ttl in items:
+        keys, args = lease._acquire_args(stream, ttl)
+        pipe.evalsha(_ACQUIRE_SHA, len(keys), *keys, *args)
+    results = await pipe.execute(raise_on_error=False)
+    answers: list[bool | BaseException] = []
+    for (lease, stream, ttl), result in zip(items, results, strict=True):
+        if isinstance(result, NoScriptError):
+            try:
+                answers.append(await lease._acquire_alone(stream, ttl))
+            except Exception as exc:
+                answers.append(exc)
+        elif isinstance(result, BaseException):
+            answers.append(result)
+        else:
+            answers.append(bool(result))
+    return answers
+
+
+@functools.cache
+def _acquirer(redis: Redis | RedisCluster) -> Coalescer[Acquisition, bool]:
+    """The acquisitions of one client, batched while one is in flight."""
+    return Coalescer(_acquire_batch)
+
+
 # Releases retried in the background (referenced here until they end).
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
@@ -81,11 +121,18 @@ class Lease:
         self.token = (owner or "") + ":" + secrets.token_hex(8)
 
     async def acquire(self, stream: str | None = None, stream_ttl_s: int = 0) -> bool:
-        """Take the lease if nobody holds it; then also create `stream` (same hash slot)."""
-        keys = [self.key, stream] if stream else [self.key]
+        """Take the lease if nobody holds it; then also create `stream` (same hash slot).
+        Acquisitions made while another is in flight share one pipeline (`_acquirer`)."""
+        return await _acquirer(self.redis)((self, stream, stream_ttl_s))
+
+    async def _acquire_alone(self, stream: str | None, stream_ttl_s: int) -> bool:
         script = _scripts(self.redis)[0]
-        result = await script(keys, [self.token, self.ttl_ms, stream_ttl_s, STREAM_FIELD])
+        result = await script(*self._acquire_args(stream, stream_ttl_s))
         return bool(result)
+
+    def _acquire_args(self, stream: str | None, stream_ttl_s: int) -> tuple[list[str], list[Any]]:
+        keys = [self.key, stream] if stream else [self.key]
+        return keys, [self.token, self.ttl_ms, stream_ttl_s, STREAM_FIELD]
 
     async def release(self, *drop: str) -> bool:
         """Give the lease up if still ours, deleting the `drop` keys too (same hash slot)."""
