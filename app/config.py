@@ -66,6 +66,8 @@ class ServerSettings(BaseSettings):
     max_connections: int = Field(default=2000, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     hsts_max_age_s: int = Field(default=0, ge=0)
+    # The playground page at / and /playground (static; it calls the API as its user).
+    playground: bool = True
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from app.api import chat, docs, health, replicas, sessions
 from app.api.errors import envelope_every_error, error_responses, install_error_handlers
 from app.api.headers import edge
 from app.api.limits import BodyLimit
+from app.api.playground import playground_router
 from app.api.request_ids import RequestIds
 from app.config import Settings
 from app.lifespan import lifespan_for
@@ -57,5 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     if docs_access == "auth":
         app.include_router(docs.router)
+    if settings.server.playground:
+        app.include_router(playground_router())
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
     return app
