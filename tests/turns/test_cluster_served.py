@@ -10,6 +10,7 @@ failing that master over then also tests that the stop listeners follow the fail
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,6 +66,7 @@ def cluster_env(
         "COPILOT_HEARTBEAT_S": "0.5",
         "COPILOT_FLUSH_INTERVAL_S": "0.2",
         "COPILOT_LEASE_TTL_S": "10",
+        "COPILOT_REAP_INTERVAL_S": "0.5",
         # Small database pools: up to three servers share the test Postgres with other suites.
         "COPILOT_DB_POOL_SIZE": "2",
         "COPILOT_DB_MAX_OVERFLOW": "4",
@@ -428,11 +430,44 @@ def test_a_message_sent_while_its_master_is_down_is_503_and_leaves_nothing_behin
         redis_cluster.restart(old)
 
 
-# -- REAPER (app/turns/reaper.py) on the cluster: its test goes here ----------------------------
-# Start a doomed third replica with `serve(cluster_env(fake, database_url, redis_cluster), ...)`,
-# start a slow turn on it (`start_turn_raw(doomed, sid, LONG, _auth(user))`), SIGKILL it, and
-# check through `cluster_replicas` that the orphan is reaped without a new message: the turn row
-# `interrupted`, the EventLog closed (a resume on B ends with `data-error interrupted`), the
-# lease and the user's slot gone (`store`). A session on the stop shard
-# (`session_on_the_stop_shard`) plus `redis_cluster.kill_master_of` also covers a reap that
-# runs while the session's master fails over.
+# -- the reaper on the cluster ------------------------------------------------------------------
+
+
+def test_the_reaper_records_a_dead_replicas_turn_and_closes_its_log_on_the_cluster(
+    fake: FakeUpstreamHandle,
+    database_url: str,
+    redis_cluster: LocalCluster,
+    cluster_replicas: tuple[Served, Served],
+    tmp_path: Path,
+    store: redis.RedisCluster,
+) -> None:
+    _, b = cluster_replicas
+    user, sid = _user(), f"clu-{uuid.uuid4().hex[:8]}"
+    # The doomed replica's lease lives 1 s: the survivors' reapers find the orphan soon after.
+    env = cluster_env(fake, database_url, redis_cluster, COPILOT_LEASE_TTL_S="1")
+    with serve(env, tmp_path) as doomed:
+        sock = start_turn_raw(doomed, sid, LONG, _auth(user))
+        with client_of(b, user) as http:
+            wait_until(
+                lambda: http.get(f"/api/v1/sessions/{sid}").json().get("status") == "running"
+            )
+        doomed.proc.send_signal(signal.SIGKILL)
+        doomed.proc.wait(10)
+        sock.close()
+    with client_of(b, user) as http:
+        [turn] = wait_until(
+            lambda: [t for t in turns(http, sid) if t["status"] == "interrupted"], timeout=30
+        )
+        assert turn["reaped_by"] is not None
+        assert turn["error_code"] == "interrupted"
+        _, answer = stored_messages(http, sid)
+        assert answer["parts"][-1]["type"] == "data-error"
+        assert http.get(f"/api/v1/sessions/{sid}").json()["active_turn_id"] is None
+        # Its EventLog ends with the reaper's closing entry; its lease is gone.
+        last = store.xrange(KEYS.turn_events(sid, turn["id"]))[-1][1]  # (decoded strings)
+        assert "c" in last
+        assert '"finish"' in last["d"]
+        assert not store.exists(KEYS.session_lease(sid))
+        after = stream(http, "POST", "/api/v1/chat", json={"id": sid, "message": SHORT})
+    assert_well_formed(after)
+    assert after.chunks[-1]["finishReason"] == "stop"
