@@ -62,7 +62,7 @@ def playground_router(static_dir: Path = STATIC_DIR) -> APIRouter:
     }
     router = APIRouter(include_in_schema=False)
 
-    def page(request: Request) -> Response:
+    async def page(request: Request) -> Response:
         """The playground page."""
         headers = {
             "content-security-policy": PAGE_CSP,
@@ -77,7 +77,7 @@ def playground_router(static_dir: Path = STATIC_DIR) -> APIRouter:
         router.add_api_route(path, page, methods=["GET", "HEAD"])
 
     @router.api_route("/playground/assets/{name}", methods=["GET", "HEAD"])
-    def asset(name: str) -> Response:
+    async def asset(name: str) -> Response:
         """A content-hashed script or stylesheet of the page."""
         found = assets.get(name)
         if found is None:
