@@ -71,7 +71,10 @@ def copilot_env(bench: Bench, fake_url: str) -> dict[str, str]:
             "ANTHROPIC_API_KEY": "bench",
             # Titles as users get them (on) unless `--titles off`: the minimal relay makes
             # none, and copilot serve has to hide their cost.
-            "COPILOT_TITLE_GENERATION": "1" if bench.args.titles == "on" else "0",
+            # (bench/fleet.py has no `--titles`: its figures are about the fleet, titles off.)
+            "COPILOT_TITLE_GENERATION": "1"
+            if getattr(bench.args, "titles", "off") == "on"
+            else "0",
             # The relay is a Messages API relay: compare like with like (bench/sdk.py
             # measures the Claude SDK backend against the bare SDK).
             "COPILOT_BACKEND": "anthropic",
