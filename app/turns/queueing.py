@@ -21,6 +21,7 @@ should have started the next turn died) and the queue of every turn it reaps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -29,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from app.coord.redis import REDIS_ERRORS
 from app.errors import Conflict, TooManyRequests
 from app.lifespan import AppState
 from app.observability import metrics
@@ -90,7 +92,9 @@ async def enqueue(ctx: TurnContext, order: TurnOrder) -> Queued:
         raise session_not_found(order.session_id) from None
     metrics.START_CONFLICTS.labels(policy, "queued").inc()
     if kind == "steer":
-        await ctx.stopper.steer(order.session_id)
+        # Best effort: a steer the running turn never hears of becomes the next turn.
+        with contextlib.suppress(*REDIS_ERRORS):
+            await ctx.stopper.steer(order.session_id)
     kick_soon(ctx, order.session_id)  # the turn may have ended since the 409
     return queued
 
