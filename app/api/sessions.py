@@ -29,10 +29,11 @@ from app.api.schemas import (
 from app.api.text import Identifier
 from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound
+from app.lifespan import AppState
 from app.store.feedback import FeedbackRepository, feedback_out
 from app.store.messages import MessageRepository, as_ui_message
-from app.store.models import ChatMessage, ChatSession, QueuedMessage, Turn, TurnAttempt
-from app.store.queue import MessageQueue
+from app.store.models import ChatMessage, ChatSession, Turn, TurnAttempt
+from app.store.queue import MessageQueue, Queued
 from app.store.sessions import KEEP, SessionRepository
 from app.store.turns import TurnRepository
 
@@ -142,31 +143,37 @@ async def create_session(
     return session_out(row)
 
 
+def _queue(state: AppState) -> MessageQueue:
+    """The sessions' message queue (also where turns do not run on this replica)."""
+    return state.turns.queue if state.turns is not None else MessageQueue(state.turn_rows.pool)
+
+
 @router.get("", response_model=SessionPage)
 async def list_sessions(
     user: CurrentUser,
     db: SessionDep,
+    state: StateDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> SessionPage:
     """The caller's sessions, newest first; pass `next_cursor` back as `cursor` for more."""
-    sessions = SessionRepository(db)
-    rows, next_cursor = await sessions.page(user.id, limit, cursor)
-    waiting = await sessions.queue_lengths([r.id for r in rows])
+    rows, next_cursor = await SessionRepository(db).page(user.id, limit, cursor)
+    waiting = await _queue(state).lengths([r.id for r in rows])
     return SessionPage(
         sessions=[session_out(r, waiting.get(r.id, 0)) for r in rows], next_cursor=next_cursor
     )
 
 
-async def _with_queue(sessions: SessionRepository, row: ChatSession) -> SessionOut:
-    return session_out(row, (await sessions.queue_lengths([row.id])).get(row.id, 0))
+async def _with_queue(state: AppState, row: ChatSession) -> SessionOut:
+    return session_out(row, await _queue(state).length(row.id))
 
 
 @router.get("/{session_id}", response_model=SessionOut)
-async def get_session(session_id: SessionIdPath, user: CurrentUser, db: SessionDep) -> SessionOut:
+async def get_session(
+    session_id: SessionIdPath, user: CurrentUser, db: SessionDep, state: StateDep
+) -> SessionOut:
     """A session with its status, active turn, usage totals, policy and queue length."""
-    sessions = SessionRepository(db)
-    return await _with_queue(sessions, await sessions.get(user.id, session_id))
+    return await _with_queue(state, await SessionRepository(db).get(user.id, session_id))
 
 
 @router.patch("/{session_id}", response_model=SessionOut)
@@ -175,6 +182,7 @@ async def patch_session(
     body: SessionPatch,
     user: CurrentUser,
     db: SessionDep,
+    state: StateDep,
     settings: SettingsDep,
 ) -> SessionOut:
     """Rename a session, replace its metadata and/or set its `on_conflict` policy.
@@ -183,15 +191,14 @@ async def patch_session(
     does when its request does not say; null clears it (`COPILOT_ON_CONFLICT` applies).
     """
     _check_limits(settings, body.title, body.metadata)
-    sessions = SessionRepository(db)
-    row = await sessions.update(
+    row = await SessionRepository(db).update(
         user.id,
         session_id,
         title=body.title,
         metadata=body.metadata,
         on_conflict=body.on_conflict if "on_conflict" in body.model_fields_set else KEEP,
     )
-    return await _with_queue(sessions, row)
+    return await _with_queue(state, row)
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response)
@@ -218,6 +225,7 @@ async def list_messages(
     session_id: SessionIdPath,
     user: CurrentUser,
     db: SessionDep,
+    state: StateDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[Identifier | None, Query(description="A message id")] = None,
 ) -> MessagePage:
@@ -229,11 +237,10 @@ async def list_messages(
     (at most `COPILOT_MAX_QUEUED`): user messages whose `metadata` has `status: "queued"`,
     `position` (1: next) and `onConflict` (enqueue or steer).
     """
-    sessions = SessionRepository(db)
-    session = await sessions.get(user.id, session_id)
+    session = await SessionRepository(db).get(user.id, session_id)
     # The queue before the history: a message whose turn starts in between is then in the
     # history (its start moves it there in one transaction), never missing from both.
-    waiting = await sessions.waiting(session_id) if before is None else []
+    waiting = await _queue(state).waiting(session_id) if before is None else []
     rows, more = await MessageRepository(db).page(session_id, limit, before)
     active = session.active_turn_id
     shown = [r for r in rows if active is None or r.turn_id != active or r.role != "assistant"]
@@ -252,9 +259,9 @@ async def list_messages(
     return MessagePage(messages=messages, has_more=more)
 
 
-def _queued_message(row: QueuedMessage, position: int) -> UIMessageOut:
+def _queued_message(row: Queued, position: int) -> UIMessageOut:
     """A waiting message as the user's UIMessage, with its place in the queue."""
-    metadata = dict(row.metadata_ or {})
+    metadata = dict(row.metadata)
     metadata.setdefault("createdAt", row.created_at.isoformat())
     metadata.update(
         status="queued",
@@ -285,8 +292,7 @@ async def cancel_queued_message(
     `message_not_found` for an id the session does not know.
     """
     await SessionRepository(db).get(user.id, session_id)
-    queue = state.turns.queue if state.turns is not None else MessageQueue(state.turn_rows.pool)
-    status = await queue.cancel(session_id, message_id)
+    status = await _queue(state).cancel(session_id, message_id)
     if status == "cancelled":
         return Response(status_code=204)
     if status is not None:

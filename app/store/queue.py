@@ -13,11 +13,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-_COLUMNS = "id, session_id, user_id, message_id, parts, metadata, kind, status, turn_id"
+_COLUMNS = "id, session_id, user_id, message_id, parts, metadata, kind, status, turn_id, created_at"
 
 # How many are waiting ahead of a row (its position is that plus one).
 _AHEAD = """(SELECT count(*) FROM queued_messages w
@@ -37,6 +38,7 @@ class Queued:
     kind: str  # "turn" or "steer"
     status: str  # queued, started, steered, cancelled
     turn_id: uuid.UUID | None
+    created_at: datetime
     position: int = 0  # 1: next; 0 once it is no longer waiting
 
     @classmethod
@@ -53,6 +55,7 @@ class Queued:
             kind=row["kind"],
             status=row["status"],
             turn_id=row["turn_id"],
+            created_at=row["created_at"],
             position=int(ahead) + 1 if row["status"] == "queued" and ahead is not None else 0,
         )
 
@@ -167,11 +170,19 @@ class MessageQueue:
 
     async def length(self, session_id: str) -> int:
         """How many messages wait in the session."""
-        count: int = await self.pool.fetchval(
-            "SELECT count(*) FROM queued_messages WHERE session_id = $1 AND status = 'queued'",
-            session_id,
+        return (await self.lengths([session_id])).get(session_id, 0)
+
+    async def lengths(self, session_ids: list[str]) -> dict[str, int]:
+        """How many messages wait in each of these sessions (one statement for a page of
+        sessions); a session without any is left out."""
+        if not session_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT session_id, count(*) AS waiting FROM queued_messages"
+            " WHERE session_id = ANY($1::text[]) AND status = 'queued' GROUP BY session_id",
+            session_ids,
         )
-        return count
+        return {row["session_id"]: row["waiting"] for row in rows}
 
     async def cancel(self, session_id: str, message_id: str) -> str | None:
         """Cancel a waiting message; its status after the call (cancelled, or started or

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.store.models import ChatSession, QueuedMessage
+from app.store.models import ChatSession
 
 # The shape of a session id (`app/api/schemas.py`), checked again when a cursor is decoded.
 _CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -146,27 +146,6 @@ class SessionRepository:
         row.updated_at = func.now()
         await self.db.flush()
         return await self.get(user_id, session_id)
-
-    async def queue_lengths(self, session_ids: list[str]) -> dict[str, int]:
-        """How many messages wait in each of these sessions (one statement for a page);
-        a session without any is left out."""
-        if not session_ids:
-            return {}
-        stmt = (
-            select(QueuedMessage.session_id, func.count())
-            .where(QueuedMessage.session_id.in_(session_ids), QueuedMessage.status == "queued")
-            .group_by(QueuedMessage.session_id)
-        )
-        return {session_id: count for session_id, count in (await self.db.execute(stmt)).all()}
-
-    async def waiting(self, session_id: str) -> list[QueuedMessage]:
-        """The session's messages waiting for their turns (or to steer one), in queue order."""
-        stmt = (
-            select(QueuedMessage)
-            .where(QueuedMessage.session_id == session_id, QueuedMessage.status == "queued")
-            .order_by(QueuedMessage.id)
-        )
-        return list((await self.db.execute(stmt)).scalars())
 
     async def delete(self, user_id: str, session_id: str) -> None:
         """Delete a session with its messages, turns and transcript (cascade)."""
