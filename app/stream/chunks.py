@@ -44,6 +44,12 @@ def data_error(
     return {"type": "data-error", "id": "error", "data": data}
 
 
+def failure(code: str, message: str, retryable: bool) -> list[dict[str, Any]]:
+    """How a turn that failed says so: `data-error` (stored with the reply), then the
+    protocol's `error` (where the AI SDK stops); `finish` comes after them."""
+    return [data_error(code, message, retryable), error(f"{code}: {message}")]
+
+
 def data_steer(message_id: str, text: str) -> dict[str, Any]:
     """A message the user sent while the turn ran, taken in at this point of the reply (before
     the model's next call); stored with the reply, in place."""

@@ -69,8 +69,7 @@ async def follow_persisted(
     out = message_chunks(turn.assistant_message_id, parts)
     reason = FINISH_REASONS.get(turn.status, "error")
     if turn.status == "running":
-        out.append(chunks.data_error("interrupted", MESSAGES["interrupted"], True))
-        out.append(chunks.error(f"interrupted: {MESSAGES['interrupted']}"))
+        out.extend(chunks.failure("interrupted", MESSAGES["interrupted"], True))
     out.append(chunks.finish(reason, (message.metadata_ if message is not None else None)))
     frames = [frame(seq, chunk) for seq, chunk in enumerate(out) if seq > after_seq]
     yield b"".join(frames) + DONE
@@ -160,8 +159,7 @@ async def _close_from_postgres(
         return b"".join(missed) + DONE
     seen, out = closing_chunks(sent + missed)
     if turn.status == "running" or hole:
-        out.append(chunks.data_error("interrupted", MESSAGES["interrupted"], True))
-        out.append(chunks.error(f"interrupted: {MESSAGES['interrupted']}"))
+        out.extend(chunks.failure("interrupted", MESSAGES["interrupted"], True))
     metadata = message.metadata_ if message is not None else None
     reason = "error" if hole else FINISH_REASONS.get(turn.status, "error")
     out.append(chunks.finish(reason, metadata))

@@ -42,10 +42,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from app.backends.errors import MESSAGES
-from app.coord.redis import Keys
+from app.coord.redis import REDIS_ERRORS, Keys
 from app.coord.replicas import ReplicaDirectory
 from app.observability import metrics
 from app.store.queue import MessageQueue
@@ -209,12 +208,12 @@ class Reaper:
         key = self.keys.turn_events(session_id, str(turn_id))
         try:
             frames = await log_frames(self.redis, key)
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             frames = []  # the stored partial reply will do
         sent = frame_chunks(frames)
         ended = any(chunk.get("type") == "finish" for _, chunk in sent)
         last_seq, closing = closing_chunks(frames)
-        error = chunks.data_error("interrupted", MESSAGES["interrupted"], True)
+        error, said = chunks.failure("interrupted", MESSAGES["interrupted"], True)
         tail = [] if ended else [*closing, error]
         parts = None
         if sent:
@@ -238,10 +237,7 @@ class Reaper:
         metrics.TURNS_REAPED.inc()
         log.warning("reaped turn %s of session %s: its replica is gone", turn_id, session_id)
         if sent and not ended:
-            tail += [
-                chunks.error(f"interrupted: {MESSAGES['interrupted']}"),
-                chunks.finish("error", reaped.metadata),
-            ]
+            tail += [said, chunks.finish("error", reaped.metadata)]
             frames = [frame(seq, chunk) for seq, chunk in enumerate(tail, start=last_seq + 1)]
             await close_log(self.redis, key, frames, self.eventlog.ttl_s)
         return True
