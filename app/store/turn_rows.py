@@ -30,28 +30,59 @@ from app.coord.batching import Coalescer
 from app.store.compactions import summary_message
 from app.store.usage import Usage
 
-
-def _newest_compaction(session: str) -> str:
-    """A lateral join to the newest compaction of `session` (an SQL expression) and the
-    sequence number of the last message it covers: a turn's history starts after it
-    (`app.store.compactions`)."""
-    return f"""LEFT JOIN LATERAL (
+# The session's newest compaction and the sequence number of the last message it covers: a
+# turn's history starts after it (`app.store.compactions`).
+_COMPACTION = """compaction AS (
     SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
     FROM context_compactions c
     LEFT JOIN chat_messages t ON t.session_id = c.session_id
         AND t.message_id = c.through_message_id
-    WHERE c.session_id = {session} ORDER BY c.id DESC LIMIT 1
-) AS compaction ON true"""
+    WHERE c.session_id = $1 ORDER BY c.id DESC LIMIT 1
+)"""
 
+_START = (
+    """
+WITH sess AS (
+    INSERT INTO chat_sessions AS s (id, user_id, last_seq, active_turn_id)
+    VALUES ($1, $2, 2, $3::uuid)
+    ON CONFLICT (id) DO UPDATE
+        SET last_seq = s.last_seq + 2, active_turn_id = $3::uuid, updated_at = now()
+        WHERE s.user_id = $2 AND s.active_turn_id IS NULL
+            AND NOT EXISTS (SELECT 1 FROM queued_messages q
+                            WHERE q.session_id = $1 AND q.status = 'queued')
+    RETURNING s.last_seq, s.title
+), user_message AS (
+    INSERT INTO chat_messages (session_id, seq, message_id, role, parts, metadata, status, turn_id)
+    SELECT $1, last_seq - 1, $4, 'user', $5::jsonb, $6::jsonb, 'complete', $3::uuid
+    FROM sess
+), assistant_message AS (
+    INSERT INTO chat_messages (session_id, seq, message_id, role, parts, metadata, status, turn_id)
+    SELECT $1, last_seq, $7, 'assistant', '[]', '{}', 'streaming', $3::uuid
+    FROM sess
+), turn AS (
+    INSERT INTO turns (id, session_id, user_message_id, assistant_message_id, trigger, status,
+                       backend, model, replica_id)
+    SELECT $3::uuid, $1, $4, $7, 'submit-message', 'running', $8, $9, $10
+    FROM sess
+), """
+    + _COMPACTION
+    + """
+SELECT sess.title, sess.last_seq, compaction.id AS compaction_id, compaction.summary,
+       m.message_id, m.role, m.parts, m.metadata, m.created_at
+FROM sess
+LEFT JOIN compaction ON true
+LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
+    AND m.seq > coalesce(compaction.through_seq, 0)
+    AND ($11::int IS NULL OR m.seq > sess.last_seq - 2 - $11::int)
+ORDER BY m.seq
+"""
+)
 
-# Starts new turns, one or several at once (of different sessions: each start holds its
-# session's lease; starts arriving while another statement is in flight share the next one,
-# `TurnRows.start`). $1: the turns (JSON records); $2-$4: backend, model, replica; $5: the
-# history limit. For each turn: the session created if new, the user message, the empty
-# reply and the turn row; then its history (from the newest compaction on, its newest $5
-# messages if given), a row per message, with the session id first. A session that has an
-# active turn, another owner, or waiting messages is left out (nothing written for it).
-_START = f"""
+# `_START` for several new turns at once (of different sessions: each holds its session's
+# lease), sent when starts arrive while another start statement is in flight
+# (`TurnRows.start`). $1: the turns (JSON records); $2-$4: backend, model, replica; $5: the
+# history limit. Rows as `_START`'s, with the session id first.
+_START_MANY = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
         session_id text, user_id text, turn_id uuid, user_message_id text, user_parts jsonb,
@@ -75,7 +106,7 @@ WITH input AS (
     FROM started
 ), assistant_message AS (
     INSERT INTO chat_messages (session_id, seq, message_id, role, parts, metadata, status, turn_id)
-    SELECT session_id, last_seq, assistant_message_id, 'assistant', '[]', '{{}}', 'streaming',
+    SELECT session_id, last_seq, assistant_message_id, 'assistant', '[]', '{}', 'streaming',
            turn_id
     FROM started
 ), turn AS (
@@ -88,7 +119,13 @@ WITH input AS (
 SELECT started.session_id, started.title, started.last_seq, compaction.id AS compaction_id,
        compaction.summary, m.message_id, m.role, m.parts, m.metadata, m.created_at
 FROM started
-{_newest_compaction("started.session_id")}
+LEFT JOIN LATERAL (
+    SELECT c.id, c.summary, coalesce(t.seq, 0) AS through_seq
+    FROM context_compactions c
+    LEFT JOIN chat_messages t ON t.session_id = c.session_id
+        AND t.message_id = c.through_message_id
+    WHERE c.session_id = started.session_id ORDER BY c.id DESC LIMIT 1
+) AS compaction ON true
 LEFT JOIN chat_messages m ON m.session_id = started.session_id AND m.superseded_at IS NULL
     AND m.seq > coalesce(compaction.through_seq, 0)
     AND ($5::int IS NULL OR m.seq > started.last_seq - 2 - $5::int)
@@ -97,15 +134,20 @@ ORDER BY started.session_id, m.seq
 
 # The history a turn is answered from, up to its user message (seq $2): the newest
 # compaction's summary, then the messages after it.
-_HISTORY = f"""
+_HISTORY = (
+    """
+WITH """
+    + _COMPACTION
+    + """
 SELECT compaction.id AS compaction_id, compaction.summary,
        m.message_id, m.role, m.parts, m.metadata, m.created_at
 FROM (SELECT 1) AS one
-{_newest_compaction("$1")}
+LEFT JOIN compaction ON true
 LEFT JOIN chat_messages m ON m.session_id = $1 AND m.superseded_at IS NULL
     AND m.seq > coalesce(compaction.through_seq, 0) AND m.seq <= $2
 ORDER BY m.seq
 """
+)
 
 _OWNER = "SELECT user_id, on_conflict FROM chat_sessions WHERE id = $1"
 _ACTIVE = "SELECT active_turn_id FROM chat_sessions WHERE id = $1"
@@ -360,7 +402,7 @@ class TurnRows:
         The history comes back whole (from the newest compaction on), or only its newest
         `history_limit` messages (`history` loads the rest when it is needed). None when the
         common case does not apply; then nothing was written. Starts that arrive while a
-        start statement is in flight go together in the next one.
+        start statement is in flight go together in the next one (`_START_MANY`).
         """
         return await self._starts(order)
 
@@ -371,29 +413,6 @@ class TurnRows:
         sessions = {o.session_id for o in orders}
         if len(orders) == 1 or len(shared) > 1 or len(sessions) < len(orders):
             return await self._start_each(orders)
-        try:
-            return list(await self._start(orders))
-        except asyncpg.UniqueViolationError:
-            # One of them is a retried POST: each on its own, so that only it is refused.
-            return await self._start_each(orders)
-
-    async def _start_each(
-        self, orders: list[StartOrder]
-    ) -> list[StartedTurn | None | BaseException]:
-        return list(
-            await asyncio.gather(*(self._start_one(o) for o in orders), return_exceptions=True)
-        )
-
-    async def _start_one(self, order: StartOrder) -> StartedTurn | None:
-        try:
-            [started] = await self._start([order])
-        except asyncpg.UniqueViolationError:
-            return None  # the message id is taken: a retried POST
-        return started
-
-    async def _start(self, orders: list[StartOrder]) -> list[StartedTurn | None]:
-        """`_START` for `orders` (of different sessions, sharing backend, model, replica and
-        history limit); each order's start, None where nothing was written."""
         first = orders[0]
         records = [
             {
@@ -407,21 +426,59 @@ class TurnRows:
             }
             for o in orders
         ]
-        rows = await self.pool.fetch(
-            _START, records, first.backend, first.model, first.replica_id, first.history_limit
-        )
+        try:
+            rows = await self.pool.fetch(
+                _START_MANY,
+                records,
+                first.backend,
+                first.model,
+                first.replica_id,
+                first.history_limit,
+            )
+        except asyncpg.UniqueViolationError:
+            # One of them is a retried POST: each on its own, so that only it is refused.
+            return await self._start_each(orders)
         by_session: dict[str, list[asyncpg.Record]] = {}
         for row in rows:
             by_session.setdefault(row["session_id"], []).append(row)
-        started: list[StartedTurn | None] = []
+        answers: list[StartedTurn | None | BaseException] = []
         for o in orders:
             mine = by_session.get(o.session_id)
-            started.append(
+            answers.append(
                 StartedTurn(mine[0]["title"], _ui_history(mine), mine[0]["last_seq"] - 1)
                 if mine
                 else None
             )
-        return started
+        return answers
+
+    async def _start_each(
+        self, orders: list[StartOrder]
+    ) -> list[StartedTurn | None | BaseException]:
+        return list(
+            await asyncio.gather(*(self._start_one(o) for o in orders), return_exceptions=True)
+        )
+
+    async def _start_one(self, o: StartOrder) -> StartedTurn | None:
+        try:
+            rows = await self.pool.fetch(
+                _START,
+                o.session_id,
+                o.user_id,
+                o.turn_id,
+                o.user_message_id,
+                o.user_parts,
+                o.user_metadata,
+                o.assistant_message_id,
+                o.backend,
+                o.model,
+                o.replica_id,
+                o.history_limit,
+            )
+        except asyncpg.UniqueViolationError:
+            return None  # the message id is taken: a retried POST
+        if not rows:
+            return None
+        return StartedTurn(rows[0]["title"], _ui_history(rows), rows[0]["last_seq"] - 1)
 
     async def history(self, session_id: str, through_seq: int) -> list[dict[str, Any]]:
         """The session's history up to the message `through_seq`, from the newest compaction
