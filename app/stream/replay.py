@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from app.stream.chunks import error as error_chunk
+
 
 def _tool_chunks(part: dict[str, Any]) -> list[dict[str, Any]]:
     kind = str(part["type"])
@@ -36,9 +38,12 @@ def _tool_chunks(part: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def message_chunks(message_id: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chunks that rebuild `parts` under `message_id` (without `finish`)."""
+    """The chunks that rebuild `parts` under `message_id` (without `finish`); a stored
+    `data-error` is followed, once the step is closed, by the protocol's `error`, as it was
+    when the turn failed."""
     chunks: list[dict[str, Any]] = [{"type": "start", "messageId": message_id}]
     in_step = False
+    failed: dict[str, Any] | None = None
 
     def open_step() -> None:
         nonlocal in_step
@@ -71,8 +76,13 @@ def message_chunks(message_id: str, parts: list[dict[str, Any]]) -> list[dict[st
             if part.get("id") is not None:
                 chunk["id"] = part["id"]
             chunks.append(chunk)
+            if kind == "data-error":  # the live stream said it twice (`chunks.failure`)
+                error = part.get("data") or {}
+                failed = error_chunk(f"{error.get('code')}: {error.get('message')}")
     if in_step:
         chunks.append({"type": "finish-step"})
+    if failed is not None:
+        chunks.append(failed)
     return chunks
 
 
