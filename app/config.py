@@ -347,7 +347,7 @@ class TurnSettings(BaseSettings):
     # recorded when its session's next message arrives). An orphan is found within
     # `lease_ttl_s` plus this (plus 20% jitter).
     reap_interval_s: float = Field(default=5.0, ge=0)
-    start_concurrency: int = Field(default=64, ge=1)
+    start_concurrency: int = Field(default=1024, ge=1)
     max_active_turns_per_user: int = Field(default=0, ge=0)
     # What a message sent while its session's turn runs does, when neither the request nor
     # the session says: reject (409), enqueue (its own turn, in order), interrupt, steer.

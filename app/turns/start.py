@@ -62,8 +62,11 @@ class TurnOrder:
     queued: Queued | None = None
 
 
-class QueuedGone(Exception):
+class QueuedGone(Conflict):
     """The queued message to start was cancelled (or started) meanwhile."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"queued message {message_id!r} was cancelled", code="queued_gone")
 
 
 def session_busy(session_id: str, queued: bool = False) -> Conflict:
@@ -331,8 +334,8 @@ async def begin_turn(ctx: TurnContext, order: TurnOrder) -> TurnRunner:
             if slot is not None:  # and the user's slot
                 await asyncio.shield(slot.release())
             raise
-    except BaseException:
-        admission.give_back()
+    except BaseException as exc:
+        admission.give_back(exc)
         raise
     request = TurnRequest(
         session_id=order.session_id,
