@@ -149,7 +149,7 @@ ORDER BY m.seq
 """
 )
 
-_OWNER = "SELECT user_id, on_conflict FROM chat_sessions WHERE id = $1"
+_OWNERS = "SELECT id, user_id, on_conflict FROM chat_sessions WHERE id = ANY($1::text[])"
 _ACTIVE = "SELECT active_turn_id FROM chat_sessions WHERE id = $1"
 
 _PARTIALS = """
@@ -325,7 +325,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
     # Prepare the three statements into the connection's statement cache now (the pool warms
     # up at start-up), not under the first burst of turns.
-    for statement in (_OWNER, _START, _PARTIALS, _FINISH):
+    for statement in (_OWNERS, _START, _PARTIALS, _FINISH):
         with contextlib.suppress(asyncpg.PostgresError, AttributeError):
             await conn._prepare(statement, use_cache=True)
     # A prepare ends without a Sync: the server keeps its transaction open (and its table
@@ -351,6 +351,7 @@ class TurnRows:
         self.pool = pool
         self._warming: asyncio.Task[None] | None = None
         self._starts = Coalescer(self._start_batch)
+        self._owners = Coalescer(self._owner_batch)
 
     def warm_up(self, size: int) -> None:
         """Open the pool's connections in the background (a burst of new turns would otherwise
@@ -487,9 +488,16 @@ class TurnRows:
 
     async def session_owner(self, session_id: str) -> tuple[str | None, str | None]:
         """The user who owns the session (None when no session has this id) and the
-        session's `on_conflict` policy (None: the server's)."""
-        row = await self.pool.fetchrow(_OWNER, session_id)
-        return (row["user_id"], row["on_conflict"]) if row is not None else (None, None)
+        session's `on_conflict` policy (None: the server's). Asked while another such
+        question is in flight, it goes with the others in the next one."""
+        return await self._owners(session_id)
+
+    async def _owner_batch(
+        self, session_ids: list[str]
+    ) -> list[tuple[str | None, str | None] | BaseException]:
+        rows = await self.pool.fetch(_OWNERS, list(set(session_ids)))
+        found = {row["id"]: (row["user_id"], row["on_conflict"]) for row in rows}
+        return [found.get(session_id, (None, None)) for session_id in session_ids]
 
     async def active_turn(self, session_id: str) -> uuid.UUID | None:
         """The session's active turn, as the database has it."""
