@@ -1,10 +1,10 @@
-"""The `anthropic` backend: the Messages API streamed with the `anthropic` SDK, tools run here.
+"""The `anthropic` backend: the Messages API streamed, tools run here.
 
-The SDK builds, sends and authenticates each request (`with_streaming_response`, so that an
-error status raises its typed error) over its aiohttp transport; the 200's event stream is
-decoded by `anthropic_sse`, at a fraction of the CPU of the SDK's per-event models (and far
-less than the `messages.stream()` helper). Retries are the turn's business, so the client is
-built with `max_retries=0`.
+Each model call is one `POST /v1/messages` made by `anthropic_http` (the SDK's client holds
+the configuration, its request path costs 4-5x the CPU per request: see there), and its
+event stream is decoded by `anthropic_sse`, at a fraction of the CPU of the SDK's per-event
+models (and far less than the `messages.stream()` helper). Retries are the turn's business,
+so the SDK's client, which still makes the rare calls, is built with `max_retries=0`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import httpx2
 import orjson
 
 from app.backends.anthropic_errors import classify
+from app.backends.anthropic_http import MessagesHttp
 from app.backends.anthropic_messages import to_anthropic
 from app.backends.anthropic_sse import sse_events
 from app.backends.errors import UpstreamError
@@ -116,12 +117,12 @@ class AnthropicBackend:
 
     def __init__(
         self,
-        client: anthropic.AsyncAnthropic,
+        http: MessagesHttp,
         tools: ToolRegistry,
         settings: AnthropicSettings,
         max_tool_rounds: int,
     ) -> None:
-        self.client = client
+        self.http = http
         self.tools = tools
         self.model = settings.model
         self.max_tokens = settings.max_tokens
@@ -136,7 +137,8 @@ class AnthropicBackend:
         """Nothing is kept per session."""
 
     async def close(self) -> None:
-        """Nothing to release: the client belongs to whoever opened it (the lifespan)."""
+        """Close the connections to the upstream."""
+        await self.http.close()
 
     def _params(self, request: TurnRequest, messages: list[dict[str, Any]]) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -229,11 +231,11 @@ class AnthropicBackend:
         prefix = f"{request.turn_id[:8]}-{round_no}"
         stopped = False
         try:
-            async with self.client.messages.with_streaming_response.create(
-                **self._params(request, messages), stream=True
-            ) as response:
+            async with self.http.post({**self._params(request, messages), "stream": True}) as (
+                response
+            ):
                 yield StepStart()
-                async for event in sse_events(response.http_response.aiter_bytes()):
+                async for event in sse_events(response.content.iter_any()):
                     kind = event["type"]
                     if kind == "content_block_delta":
                         block = by_index[event["index"]]

@@ -1,12 +1,15 @@
-"""How failures of the Messages API (the SDK's errors, the transports', an `event: error` in
-the stream) map onto the shared taxonomy."""
+"""How failures of the Messages API (an error status, from `anthropic_http` or the SDK; the
+transports' errors; an `event: error` in the stream) map onto the shared taxonomy."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import aiohttp
 import anthropic
 import httpx2
 
+from app.backends.anthropic_http import StatusError
 from app.backends.errors import STREAM_ERROR_CODES, UpstreamError, code_for_status, retry_after
 
 
@@ -26,15 +29,11 @@ def classify(exc: BaseException) -> UpstreamError:
     """Map an exception raised while talking to the Messages API onto the taxonomy."""
     if isinstance(exc, UpstreamError):
         return exc
+    if isinstance(exc, StatusError) and exc.status >= 400:
+        return _status_error(exc.status, _error_message(exc.body, str(exc)), exc.headers)
     if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 400:
-        message = _error_message(exc)
-        code = code_for_status(exc.status_code, message)
-        return UpstreamError(
-            code,
-            message,
-            status=exc.status_code,
-            retry_after_s=retry_after(exc.response.headers, exc.status_code),
-        )
+        message = _error_message(exc.body, str(exc.message))
+        return _status_error(exc.status_code, message, exc.response.headers)
     if isinstance(
         exc,
         anthropic.APIConnectionError
@@ -46,10 +45,18 @@ def classify(exc: BaseException) -> UpstreamError:
     return UpstreamError("internal", f"{type(exc).__name__}: {exc}")
 
 
-def _error_message(exc: anthropic.APIStatusError) -> str:
-    body = exc.body
+def _status_error(status: int, message: str, headers: Mapping[str, str]) -> UpstreamError:
+    return UpstreamError(
+        code_for_status(status, message),
+        message,
+        status=status,
+        retry_after_s=retry_after(headers, status),
+    )
+
+
+def _error_message(body: object, default: str) -> str:
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return str(error["message"])
-    return str(exc.message)
+    return default

@@ -26,8 +26,11 @@ def create_backend(
     (`app.store.transcripts.PostgresTranscripts`, opened and closed by the caller)."""
     if settings.turns.backend == "anthropic":
         from app.backends.anthropic_api import AnthropicBackend
+        from app.backends.anthropic_http import MessagesHttp
 
-        return AnthropicBackend(client, tools, settings.anthropic, settings.turns.max_tool_rounds)
+        return AnthropicBackend(
+            MessagesHttp(client), tools, settings.anthropic, settings.turns.max_tool_rounds
+        )
     if settings.turns.backend == "claude_sdk":
         if transcripts is None:
             raise RuntimeError("COPILOT_BACKEND=claude_sdk needs a transcript store")

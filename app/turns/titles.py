@@ -8,9 +8,9 @@ only once its turn has produced its first visible output, or ended (`TurnRunner.
 at most `CONCURRENCY` title requests run at once on a replica (the rest wait their turn,
 after the replies); each has `DEADLINE_S` from its turn's first output, waiting included,
 after which the title stays empty, as after any failure. The request takes the path the
-turns take (the raw response, decoded with orjson, no SDK models), and the title is stored
-with one statement on the turns' asyncpg pool only if the session has none (the user may
-have named it meanwhile). With the Claude SDK backend too, the title comes from the
+turns take (`anthropic_http`: aiohttp directly, decoded with orjson, no SDK models), and the
+title is stored with one statement on the turns' asyncpg pool only if the session has none
+(the user may have named it meanwhile). With the Claude SDK backend too, the title comes from the
 Messages API's title model, never from a CLI.
 """
 
@@ -21,8 +21,8 @@ import logging
 from typing import Any
 
 import anthropic
-import orjson
 
+from app.backends.anthropic_http import MessagesHttp
 from app.store.turn_rows import TurnRows
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class TitleWriter:
     """Asks a small model for a title; a failure leaves the title empty and is logged."""
 
     def __init__(self, client: anthropic.AsyncAnthropic, model: str, rows: TurnRows) -> None:
-        self.client = client
+        self.http = MessagesHttp(client)
         self.model = model
         self.rows = rows
         self._gate = asyncio.Semaphore(CONCURRENCY)
@@ -89,13 +89,14 @@ class TitleWriter:
             log.warning("session %s: title generation failed: %r", session_id, exc)
 
     async def _ask(self, text: str) -> str:
-        async with self.client.messages.with_streaming_response.create(
-            model=self.model,
-            max_tokens=30,
-            system=SYSTEM,
-            messages=[{"role": "user", "content": text[:2000]}],
-        ) as response:
-            reply = orjson.loads(await response.http_response.aread())
+        reply = await self.http.create(
+            {
+                "model": self.model,
+                "max_tokens": 30,
+                "system": SYSTEM,
+                "messages": [{"role": "user", "content": text[:2000]}],
+            }
+        )
         return "".join(
             b.get("text", "") for b in reply.get("content", []) if b.get("type") == "text"
         )
@@ -105,3 +106,4 @@ class TitleWriter:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.http.close()
