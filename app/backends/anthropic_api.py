@@ -10,8 +10,6 @@ so the SDK's client, which still makes the rare calls, is built with `max_retrie
 from __future__ import annotations
 
 import functools
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +18,7 @@ import httpx2
 import orjson
 
 from app.backends.anthropic_errors import classify
-from app.backends.anthropic_http import MessagesHttp
+from app.backends.anthropic_http import MessagesHttp, proxy_for
 from app.backends.anthropic_messages import to_anthropic
 from app.backends.anthropic_sse import sse_events
 from app.backends.errors import UpstreamError
@@ -62,13 +60,9 @@ def create_client(
     key = settings.api_key.get_secret_value() if settings.api_key else "simulated"
     url = base_url or settings.base_url or ANTHROPIC_API
     limits = httpx2.Limits(max_connections=2000, max_keepalive_connections=500)
-    proxies = urllib.request.getproxies()
-    proxied = (proxies.get(url.split(":", 1)[0]) or proxies.get("all")) and not (
-        urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or "")
-    )
     http_client = (
         anthropic.DefaultAsyncHttpxClient(limits=limits)
-        if proxied
+        if proxy_for(url)
         else anthropic.DefaultAioHttpClient(limits=limits)
     )
     return anthropic.AsyncAnthropic(

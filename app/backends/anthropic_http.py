@@ -17,6 +17,8 @@ An error status raises `StatusError` with the status, the parsed body and the he
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -25,6 +27,17 @@ import anthropic
 import orjson
 
 MAX_CONNECTIONS = 2000  # to the upstream, per replica (one per streaming reply)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`) names for `url`,
+    looked up once: aiohttp's `trust_env` looks it up, `.netrc` included, on a worker thread
+    for every request."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 class StatusError(Exception):
@@ -53,6 +66,7 @@ class MessagesHttp:
         else:
             connect = read = float(timeout) if timeout is not None else None
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+        self.proxy = proxy_for(self.url)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -60,8 +74,6 @@ class MessagesHttp:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
                 timeout=self.timeout,
-                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as the SDK's httpx would
-                auto_decompress=True,
             )
         return self._session
 
@@ -69,7 +81,7 @@ class MessagesHttp:
     async def post(self, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response to `body`, its status 2xx (else `StatusError`); read it inside."""
         async with self._open().post(
-            self.url, data=orjson.dumps(body), headers=self.headers
+            self.url, data=orjson.dumps(body), headers=self.headers, proxy=self.proxy
         ) as response:
             if response.status >= 400:
                 raw = await response.read()
