@@ -1,9 +1,11 @@
 """Calls that arrive while one is in flight share the next one: one round trip for many.
 
 Under a burst of new chats every start asks Postgres the same kinds of question at about the
-same moment. A `Coalescer` sends the first call at once (so a single call on an idle server
-waits for nothing) and collects those that arrive while it is in flight; when it returns, the
-collected ones go together, as one call of the batch function. Each caller gets its own
+same moment. A `Coalescer` makes the first call at once, in its caller's task (so a single
+call on an idle server waits for nothing, not even a task switch: on a busy event loop each
+switch waits behind every ready callback, and a start makes three such calls), and collects
+those that arrive while it is in flight; when it returns, the collected ones go together, as
+one call of the batch function. Each caller gets its own
 answer or its own exception; a batch function may answer an item with an exception (a
 refusal that concerns that item alone).
 """
@@ -29,17 +31,35 @@ class Coalescer(Generic[Item, Answer]):
         self.run = run
         self.max_batch = max_batch
         self._waiting: list[tuple[Item, asyncio.Future[Answer]]] = []
+        self._busy = False  # a call or a batch is in flight
         self._sending: asyncio.Task[None] | None = None
         self.batches = 0  # batches sent, and items in them: for tests and benchmarks
         self.items = 0
 
     async def __call__(self, item: Item) -> Answer:
-        """`item`'s answer, from the next batch."""
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._sending is None:
+        """`item`'s answer: at once when nothing is in flight (in the caller's own task, so
+        a lone call waits for no task switch), else from the next batch."""
+        if self._busy:
+            future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self._waiting.append((item, future))
+            return await future
+        self._busy = True
+        self.batches += 1
+        self.items += 1
+        try:
+            answer = (await self.run([item]))[0]
+        finally:
+            self._hand_over()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _hand_over(self) -> None:
+        """The call in flight is over: those that came meanwhile go as the next batch."""
+        if self._waiting:
             self._sending = asyncio.create_task(self._send())
-        return await future
+        else:
+            self._busy = False
 
     async def _send(self) -> None:
         try:
@@ -69,6 +89,7 @@ class Coalescer(Generic[Item, Answer]):
                         future.set_result(answer)
         finally:
             self._sending = None
+            self._busy = False
             for _, future in self._waiting:  # cancelled (the loop is closing): no answer
                 if not future.done():
                     future.cancel()

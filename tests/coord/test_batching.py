@@ -71,7 +71,34 @@ async def test_a_caller_gone_before_its_batch_is_left_out() -> None:
 
 async def test_batches_are_at_most_max_batch() -> None:
     recorder = Recorder()
-    recorder.gate.set()
     batched = Coalescer(recorder.run, max_batch=3)
-    assert await asyncio.gather(*(batched(i) for i in range(7))) == [i * 10 for i in range(7)]
-    assert [len(b) for b in recorder.batches] == [3, 3, 1]  # all seven came before the first
+    calls = asyncio.gather(*(batched(i) for i in range(8)))
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert await calls == [i * 10 for i in range(8)]
+    assert [len(b) for b in recorder.batches] == [1, 3, 3, 1]  # seven came during the first
+
+
+async def test_a_lone_call_runs_in_its_callers_task() -> None:
+    async def run(items: list[int]) -> list[int | BaseException]:
+        return [id(asyncio.current_task())]
+
+    batched: Coalescer[int, int] = Coalescer(run)
+    for _ in range(3):  # one after another: each alone, none waits for a task switch
+        assert await batched(1) == id(asyncio.current_task())
+    assert (batched.batches, batched.items) == (3, 3)
+
+
+async def test_a_lone_caller_cancelled_hands_the_waiting_ones_on() -> None:
+    recorder = Recorder()
+    batched = Coalescer(recorder.run)
+    first = asyncio.create_task(batched(1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batched(2))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    recorder.gate.set()
+    assert await second == 20
+    assert await batched(3) == 30  # and the next lone call goes at once again
