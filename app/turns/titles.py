@@ -32,7 +32,7 @@ SYSTEM = (
     "final period) for the conversation that starts with the user's message."
 )
 MAX_TITLE_CHARS = 80
-CONCURRENCY = 8  # title requests at once per replica
+CONCURRENCY = 32  # title requests at once per replica (each ~0.3 ms of CPU here)
 DEADLINE_S = 30.0  # from the first visible output of its turn to the stored title
 _SET_TITLE = "UPDATE chat_sessions SET title = $2 WHERE id = $1 AND title IS NULL"
 
