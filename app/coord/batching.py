@@ -5,9 +5,9 @@ same moment. A `Coalescer` makes the first call at once, in its caller's task (s
 call on an idle server waits for nothing, not even a task switch: on a busy event loop each
 switch waits behind every ready callback, and a start makes three such calls), and collects
 those that arrive while it is in flight; when it returns, the collected ones go together, as
-one call of the batch function. Each caller gets its own
-answer or its own exception; a batch function may answer an item with an exception (a
-refusal that concerns that item alone).
+one call of the batch function. Each caller gets its own answer or its own exception; a
+batch function may answer an item with an exception (a refusal that concerns that item
+alone).
 """
 
 from __future__ import annotations

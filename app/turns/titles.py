@@ -10,8 +10,8 @@ after the replies); each has `DEADLINE_S` from its turn's first output, waiting 
 after which the title stays empty, as after any failure. The request takes the path the
 turns take (`anthropic_http`: aiohttp directly, decoded with orjson, no SDK models), and the
 title is stored with one statement on the turns' asyncpg pool only if the session has none
-(the user may have named it meanwhile). With the Claude SDK backend too, the title comes from the
-Messages API's title model, never from a CLI.
+(the user may have named it meanwhile). With the Claude SDK backend too, the title comes
+from the Messages API's title model, never from a CLI.
 """
 
 from __future__ import annotations
