@@ -18,7 +18,7 @@ import httpx2
 import orjson
 
 from app.backends.anthropic_errors import classify
-from app.backends.anthropic_http import MessagesHttp, proxy_for
+from app.backends.anthropic_http import MAX_CONNECTIONS, MessagesHttp, proxy_for
 from app.backends.anthropic_messages import to_anthropic
 from app.backends.anthropic_sse import sse_events
 from app.backends.errors import UpstreamError
@@ -59,7 +59,7 @@ def create_client(
     ignores proxy variables, so when one applies to the upstream the httpx one is used."""
     key = settings.api_key.get_secret_value() if settings.api_key else "simulated"
     url = base_url or settings.base_url or ANTHROPIC_API
-    limits = httpx2.Limits(max_connections=2000, max_keepalive_connections=500)
+    limits = httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=500)
     http_client = (
         anthropic.DefaultAsyncHttpxClient(limits=limits)
         if proxy_for(url)

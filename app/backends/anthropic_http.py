@@ -26,7 +26,7 @@ import aiohttp
 import anthropic
 import orjson
 
-MAX_CONNECTIONS = 2000  # to the upstream, per replica (one per streaming reply)
+MAX_CONNECTIONS = 2000  # to the upstream, per replica and client (one per streaming reply)
 
 
 def proxy_for(url: str) -> str | None:
